@@ -1,0 +1,45 @@
+"""The ``dhs`` command: one subcommand per stage or tool, each a module with ``main(argv)``.
+
+Subcommand modules are imported lazily so ``dhs --help`` is instant and a stage's heavy
+imports (pyspark, torch) load only when that stage runs. Each module defines
+``main(argv: list[str] | None) -> int`` and builds its own argparse parser, so
+``dhs <cmd> --help`` is that parser's help and ``spark-submit jobs/<module>.py`` works too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one-line description). Keep sorted by pipeline order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sky": ("jobs.sky", "write the embedded synthetic sky in the DR10 coadd layout"),
+    "manifest": ("jobs.manifest", "4a: parent sample x injection grid -> task manifest"),
+    "inject": ("jobs.inject", "4c: cut stamps, inject arcs, write stamps Parquet"),
+    "demo": ("jobs.demo", "the whole chain on the embedded synthetic sky"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: dhs <command> [options]", "", "Dark Halo Scope: lens-injection pipeline.", "", "commands:"]
+    lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["", "Run 'dhs <command> --help' for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"dhs: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
