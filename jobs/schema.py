@@ -87,3 +87,24 @@ def decode_image(blob: bytes, shape) -> np.ndarray:
     if arr.size != int(np.prod(shape)):
         raise ValueError(f"image bytes hold {arr.size} float32 values, image_shape {shape} needs {int(np.prod(shape))}")
     return arr.reshape(shape)
+
+
+ANCHOR_SCHEMA = pa.schema([
+    ("anchor_id", pa.string()),
+    ("name", pa.string()),
+    ("ra", pa.float64()),               # deg
+    ("dec", pa.float64()),              # deg
+    ("label", pa.int8()),               # 1 known lens, 0 real hard negative (ring, merger, model FP, ...)
+    ("class", pa.string()),             # known_lens | candidate | ring | merger | other
+    ("grade", pa.string()),
+    ("source_catalog", pa.string()),
+    ("theta_e_arcsec", pa.float64()),   # null when unknown
+    ("z_lens", pa.float64()),
+    ("brickname", pa.string()),
+    ("image", pa.binary()),             # float32 (bands, H, W), nanomaggies per pixel
+    ("invvar", pa.binary()),            # may be null (cutouts without inverse variance)
+    ("image_shape", pa.list_(pa.int32())),
+    ("bands", pa.string()),
+    ("pixscale_arcsec", pa.float64()),
+    ("provenance", pa.string()),        # where the pixels came from and what was done to them
+])
