@@ -382,7 +382,8 @@ def read_dataset(uri: str, columns=None) -> pa.Table:
 def leakage_sample(df: pd.DataFrame, max_rows: int) -> set:
     """Task ids of a deterministic, pair-preserving subsample of at most ~``max_rows`` rows."""
     frac = min(1.0, max_rows / max(1, len(df)))
-    keep = df["pair_id"].map(lambda p: uniform_from_hash(str(p), "leakage") < frac)
+    key = df["pair_id"] if "pair_id" in df.columns else df["task_id"]
+    keep = key.map(lambda p: uniform_from_hash(str(p), "leakage") < frac)
     return set(df.loc[keep, "task_id"])
 
 

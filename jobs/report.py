@@ -102,7 +102,7 @@ def collect_stamps(stamps_uri: str, df: pd.DataFrame, cfg, gallery_size: int = 1
         else:
             sel = np.ones(len(rows), bool)
         out.central = CentralPixels(np.concatenate(feats)[sel], sub["label"].to_numpy(int)[sel],
-                                    sub["pair_id"].astype(str).to_numpy()[sel])
+                                    sub.get("pair_id", sub.index.to_series()).astype(str).to_numpy()[sel])
         if model is not None:
             base = pd.DataFrame({"task_id": rows, "label": sub["label"].to_numpy(int)})
             out.core_only = base.assign(score=np.concatenate(masked["outer"]))

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dhs_gen.errors import check_choice, check_range
+from dhs_gen.errors import InvalidValueError, check_choice, check_range
 from jobs import storage
 from jobs.schema import decode_image
 
@@ -241,7 +241,7 @@ def run(checkpoint_uri: str, input_uri: str, out_uri: str, batch_size: int = DEF
         rows_in += pf.metadata.num_rows
         units += [(uri, rg) for rg in range(pf.metadata.num_row_groups)]
     if in_schema is None:
-        raise ValueError(f"input {input_uri!r} holds no Parquet files")
+        raise InvalidValueError("input", input_uri, "must be a dataset holding at least one Parquet part file")
     out_schema = scored_schema(in_schema)
     outputs.prepare_output(out_uri, overwrite)
     spark = spark or get_spark("dhs-score")

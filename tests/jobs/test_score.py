@@ -145,3 +145,18 @@ def test_bad_mask_fails_before_spark(tmp_path):
 
     with pytest.raises(ChoiceError, match="mask"):
         run("missing.pt", str(tmp_path), str(tmp_path / "o"), mask="ring")
+
+
+def test_transform_dataframe_in_dataframe_out(spark, tmp_path):
+    from jobs.score import transform
+
+    model = _tiny_model()
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(str(ckpt), model, ModelConfig(arch="resnet_small", width=4))
+    table = stamp_table(6, seed=4)
+    df = spark.createDataFrame(table.select(["task_id", "label", "image", "image_shape", "cutout_ok"]).to_pandas())
+    out = transform(df.repartition(3), str(ckpt)).toPandas().set_index("task_id")
+    assert "image" not in out.columns and len(out) == 6
+    imgs = np.stack([np.frombuffer(b, np.float32).reshape(3, N_PIX, N_PIX) for b in table["image"].to_pylist()])
+    expect = dict(zip(table["task_id"].to_pylist(), direct_scores(model, imgs), strict=True))
+    np.testing.assert_allclose(out["score"].to_numpy(), [expect[t] for t in out.index], atol=1e-6)
