@@ -59,7 +59,7 @@ def normalize_stamps(images: np.ndarray, border_pix: int = NORM_BORDER_PIX) -> n
     The median and MAD come from the outer frame of ``border_pix`` pixels (mostly sky; every
     other pixel of it, see ``NORM_SAMPLE_STRIDE``), so the output is in units of the background
     noise sigma with the sky at 0, insensitive to the host, the arc or a bright outlier. Where the
-    border MAD is 0 (a constant or zero-filled border) the whole-band MAD is used, and where that
+    border MAD is 0 (a constant or zero-filled border) the whole band's MAD about its median is used, and where that
     is 0 too, the scale is 1. Non-finite pixels become 0 (the background level).
 
     Parameters
@@ -104,7 +104,8 @@ def _normalize_chunk(x: np.ndarray, out: np.ndarray, border_pix: int) -> None:
         rows, bands = np.nonzero(bad)
         whole = x[rows, bands].reshape(len(rows), -1)
         kw = whole.shape[-1] // 2
-        mad_whole = np.partition(np.abs(whole - med[rows, bands][:, None]), kw, axis=-1)[:, kw]
+        med_whole = np.partition(whole, kw, axis=-1)[:, kw]
+        mad_whole = np.partition(np.abs(whole - med_whole[:, None]), kw, axis=-1)[:, kw]
         scale[rows, bands] = np.where(mad_whole > 0, MAD_TO_SIGMA * mad_whole, 1.0)
     np.subtract(x, med[..., None, None], out=out)
     np.multiply(out, (1.0 / scale)[..., None, None].astype(np.float32), out=out)
