@@ -16,6 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sky": ("jobs.sky", "write the embedded synthetic sky in the DR10 coadd layout"),
     "manifest": ("jobs.manifest", "4a: parent sample x injection grid -> task manifest"),
     "inject": ("jobs.inject", "4c: cut stamps, inject arcs, write stamps Parquet"),
+    "train": ("jobs.train", "train the lens-finder CNN on stamps Parquet (CPU or GPU)"),
+    "score": ("jobs.score", "score stamps or anchors with a checkpoint (optional leakage masks)"),
+    "evaluate": ("jobs.evaluate", "metrics.json, leakage and anchor gates, plots and report.html"),
     "demo": ("jobs.demo", "the whole chain on the embedded synthetic sky"),
 }
 
