@@ -102,7 +102,7 @@ def make_synthetic_stamps(out_dir: str, n_hosts: int = 200, n_files: int = 4, si
         Uniform range of the Einstein radius, arcsec.
     image_dictionary : bool
         Let Parquet try dictionary encoding on the ``image``/``invvar`` columns (pyarrow's default,
-        what ``jobs.stage`` writes today); False writes them PLAIN, which reads ~2x faster.
+        what ``jobs.stage`` writes today); False writes them PLAIN (the bench compares both).
 
     Returns
     -------
@@ -162,6 +162,15 @@ def make_synthetic_stamps(out_dir: str, n_hosts: int = 200, n_files: int = 4, si
     return {"counts": counts, "n_rows": len(rows), "n_rejected": int(reject.sum()), "files": names, "rows": written}
 
 
+def _rate(fn, n_items: int, repeats: int = 3) -> float:
+    """Items/s of ``fn()`` (one warm-up call, then ``repeats`` timed calls)."""
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return repeats * n_items / (time.perf_counter() - t0)
+
+
 def bench_reader(uri: str, batch_size: int = 256, repeats: int = 3) -> float:
     """Reader stamps/s in this process (decode + normalise + augment + core dropout, no model)."""
     from jobs.reader import StampStream
@@ -174,6 +183,40 @@ def bench_reader(uri: str, batch_size: int = 256, repeats: int = 3) -> float:
         for b in ds:
             n += len(b["label"])
     return n / (time.perf_counter() - t0)
+
+
+def bench_reader_stages(uri: str) -> dict:
+    """Stamps/s of each reader stage alone: Parquet read + decode, normalise, augment + core dropout."""
+    from jobs.reader import (
+        _decode_images,
+        _iter_file_batches,
+        augment_dihedral,
+        core_mask,
+        dataset_files,
+        normalize_stamps,
+    )
+
+    files = dataset_files(uri)
+    cols = ["image", "image_shape", "label", "split", "cutout_ok"]
+
+    def read():
+        return [_decode_images(b.column("image"), b.column("image_shape"))
+                for f in files for b in _iter_file_batches(f, cols, 1024)]
+
+    arrays = read()
+    n = sum(len(a) for a in arrays)
+    x = np.concatenate(arrays[:2])
+    rng = np.random.default_rng(0)
+    disc = core_mask(x.shape[-2], x.shape[-1], 5.0)
+
+    def augment():
+        y = x.copy()  # the batch copy the reader's buffer makes
+        augment_dihedral(y, rng.integers(0, 8, len(y)))
+        rows = np.flatnonzero(rng.random(len(y)) < 0.5)
+        y[rows[:, None, None], np.arange(y.shape[1])[None, :, None], *np.nonzero(disc)] = 0.0
+
+    return {"read+decode": _rate(read, n), "normalise": _rate(lambda: normalize_stamps(x), len(x)),
+            "augment+dropout": _rate(augment, len(x))}
 
 
 def bench_training(uri: str, batch_size: int = 64, steps: int = 20) -> tuple[float, float]:
@@ -213,17 +256,26 @@ def run() -> None:
 
     with tempfile.TemporaryDirectory(prefix="dhs-bench-train-") as tmp:
         t0 = time.perf_counter()
-        info = make_synthetic_stamps(tmp, n_hosts=1024, n_files=4, seed=1)
-        print(f"training: synthetic stamps {info['n_rows']} rows 3x64x64 in {time.perf_counter() - t0:.1f} s")
-        reader_rate = bench_reader(tmp)
-        print(f"training: reader (decode+normalise+augment+core dropout, 1 process) {reader_rate:,.0f} stamps/s"
-              f" (target >= 20,000)")
-        steps_s, train_rate = bench_training(tmp)
-        print(f"training: resnet_small CPU train step batch 64, {torch.get_num_threads()} threads: "
+        default_dir, plain_dir = os.path.join(tmp, "default"), os.path.join(tmp, "plain")
+        info = make_synthetic_stamps(default_dir, n_hosts=1024, n_files=4, seed=1)
+        make_synthetic_stamps(plain_dir, n_hosts=1024, n_files=4, seed=1, image_dictionary=False)
+        print(f"training: synthetic stamps {info['n_rows']} rows 3x64x64 float32, zstd, 256-row groups, "
+              f"{time.perf_counter() - t0:.1f} s")
+        for label, d in (("image dictionary on (pyarrow default)", default_dir), ("image PLAIN", plain_dir)):
+            stages = bench_reader_stages(d)
+            parts = ", ".join(f"{k} {v:,.0f}" for k, v in stages.items())
+            print(f"training: reader stages alone [{label}]: {parts} stamps/s")
+        rates = {label: bench_reader(d) for label, d in (("dictionary", default_dir), ("plain", plain_dir))}
+        print(f"training: reader end-to-end, 1 process (read+decode+normalise+shuffle+augment+core dropout): "
+              f"{rates['dictionary']:,.0f} stamps/s [image dictionary], {rates['plain']:,.0f} [image PLAIN] "
+              f"(target >= 20,000)")
+        steps_s, train_rate = bench_training(default_dir)
+        print(f"training: resnet_small CPU train step, batch 64, {torch.get_num_threads()} threads: "
               f"{steps_s:.2f} steps/s = {train_rate:,.0f} stamps/s")
-        ratio = reader_rate / train_rate
+        ratio = rates["dictionary"] / train_rate
         verdict = "not input-bound" if ratio > 1 else "INPUT-BOUND"
-        print(f"training: reader/train ratio {ratio:.1f}x -> {verdict}")
+        print(f"training: reader/train ratio {ratio:.1f}x -> CPU training {verdict}; "
+              f"a GPU at R stamps/s needs ~R/{rates['dictionary']:,.0f} reader workers")
 
 
 if __name__ == "__main__":

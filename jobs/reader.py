@@ -169,10 +169,18 @@ def dataset_files(uri_or_uris) -> list[str]:
 
 
 def _iter_file_batches(uri: str, columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """Record batches of one Parquet file (switch to jobs.storage.iter_parquet_batches once stable)."""
+    """Record batches of one Parquet file, at most ``batch_rows`` rows each.
+
+    Batches follow the file's row groups when those are no larger than ``batch_rows``: a batch
+    that spans two row groups costs a concatenation copy, which halves the read rate (measured:
+    27k vs 15k stamps/s for 256-row groups read as 256- vs 512-row batches).
+    """
     fs, path = resolve(uri)
     with fs.open_input_file(path) as f:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=list(columns))
+        pf = pq.ParquetFile(f)
+        group_rows = max((pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)), default=0)
+        rows = group_rows if 0 < group_rows <= batch_rows else batch_rows
+        yield from pf.iter_batches(batch_size=rows, columns=list(columns))
 
 
 def _decode_images(col: pa.Array, shapes: pa.Array) -> np.ndarray:
@@ -220,14 +228,14 @@ class StampStream(IterableDataset):
         Extra metadata columns returned per batch: numeric columns as float64 tensors, others as
         lists (e.g. ``task_id``, ``kind``, ``source_mode``, ``theta_e_arcsec``, ``arc_snr``).
     read_batch_rows : int
-        Rows per Arrow record batch read from Parquet.
+        Most rows per Arrow record batch read from Parquet (a file's row group when smaller).
     drop_last : bool
         Drop a final batch smaller than ``batch_size`` (training with BatchNorm).
     """
 
     def __init__(self, uris, split: str | None = "train", batch_size: int = 256, shuffle_buffer: int = 2048,
                  seed: int = 0, augment: bool = False, core_dropout_p: float = 0.0, core_radius_pix: float = 5.0,
-                 paired: bool = False, columns: Sequence[str] = (), read_batch_rows: int = 512,
+                 paired: bool = False, columns: Sequence[str] = (), read_batch_rows: int = 1024,
                  drop_last: bool = False):
         super().__init__()
         self.files = dataset_files(uris)
@@ -423,7 +431,7 @@ class _GroupBuffer:
 def make_loader(uris, split: str | None = "train", batch_size: int = 256, shuffle_buffer: int = 2048,
                 seed: int = 0, num_workers: int = 0, augment: bool = False, core_dropout_p: float = 0.0,
                 core_radius_pix: float = 5.0, paired: bool = False, columns: Sequence[str] = (),
-                drop_last: bool = False, read_batch_rows: int = 512, pin_memory: bool = False) -> DataLoader:
+                drop_last: bool = False, read_batch_rows: int = 1024, pin_memory: bool = False) -> DataLoader:
     """A :class:`torch.utils.data.DataLoader` over a :class:`StampStream` (batches made by the stream).
 
     Parameters are those of :class:`StampStream`, plus ``num_workers`` (processes; part files are
