@@ -24,7 +24,7 @@ from jobs.config import ExperimentConfig, config_from_dict
 from jobs.render_row import rejected_row, render_row
 from jobs.schema import MANIFEST_SCHEMA, STAMP_SCHEMA
 
-OUTPUT_BATCH_ROWS = 64
+OUTPUT_BATCH_ROWS = 256  # one Parquet row group (~25 MB of stamps): bounded memory, fast reads
 _BANK_CACHE: dict = {}
 
 
@@ -89,7 +89,8 @@ def read_manifest_df(spark, manifest_uri: str):
     paths = spark.createDataFrame([(f,) for f in files] or [("",)], "uri string")
     if not files:
         paths = paths.limit(0)
-    return paths.repartition(max(1, len(files))).mapInArrow(read, stage.spark_schema(MANIFEST_SCHEMA))
+    return paths.repartition(max(1, len(files))).mapInArrow(stage.with_storage_env(read),
+                                                            stage.spark_schema(MANIFEST_SCHEMA))
 
 
 def resolve_coadd_root(coadds_uri: str) -> str:

@@ -10,6 +10,7 @@ A retried task writes a new attempt file, so rows are never duplicated.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections import Counter
@@ -28,6 +29,32 @@ REPORT_SCHEMA = pa.schema([
     ("reasons", pa.string()),     # JSON {reason: count}
     ("seconds", pa.float64()),
 ])
+
+
+# Storage settings a task needs to reach the same object store as the driver. Shipped with the
+# task only when a custom endpoint is set (a local or test S3 server): Spark python workers in local
+# mode inherit the environment of the JVM, fixed when the session started, not the driver's current
+# one. On EMR no endpoint is set, nothing is shipped and the instance role signs requests.
+_WORKER_ENV_NAMES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+                     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def storage_env() -> dict:
+    """The driver's S3 endpoint settings to re-apply in tasks (empty unless a custom endpoint is set)."""
+    if not (os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")):
+        return {}
+    return {k: os.environ[k] for k in _WORKER_ENV_NAMES if k in os.environ}
+
+
+def with_storage_env(fn: Callable, env: dict | None = None) -> Callable:
+    """Wrap a partition function so it runs with the driver's storage settings."""
+    env = storage_env() if env is None else env
+
+    def wrapped(*args, **kwargs):
+        os.environ.update(env)
+        return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def spark_schema(schema: pa.Schema):
@@ -59,7 +86,11 @@ class AttemptWriter:
             fs, path = storage.resolve(self.uri)
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             self._stream = fs.open_output_stream(path)
-            self._writer = pq.ParquetWriter(self._stream, self.schema, compression="zstd")
+            # Dictionary-encoding float image bytes costs read time and saves nothing.
+            plain = {"image", "invvar"}
+            dict_cols = [n for n in self.schema.names if n not in plain]
+            self._writer = pq.ParquetWriter(self._stream, self.schema, compression="zstd",
+                                            use_dictionary=dict_cols)
         self._writer.write_table(table)
         self.rows += table.num_rows
         if "reject_reason" in table.column_names:
@@ -96,7 +127,7 @@ def run_partitions(df, process: Callable[[Iterable[pa.RecordBatch]], Iterator[pa
             writer.write(table)
         yield pa.RecordBatch.from_pylist([writer.close(time.perf_counter() - t0)], schema=REPORT_SCHEMA)
 
-    rows = df.mapInArrow(task, spark_schema(REPORT_SCHEMA)).collect()
+    rows = df.mapInArrow(with_storage_env(task), spark_schema(REPORT_SCHEMA)).collect()
     return run_id, sorted((r.asDict() for r in rows), key=lambda r: r["partition"])
 
 
