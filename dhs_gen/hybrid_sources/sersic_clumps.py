@@ -45,8 +45,8 @@ SUPERSAMPLE = 4
 """Point samples per pixel per axis used to pixel-integrate the Sersic (even: none at a cusp)."""
 
 CORE_HALF_PIX = 3.5
-CORE_SUPERSAMPLE = 32
-"""Pixels within CORE_HALF_PIX (per axis) of the centre are integrated with 32x32 samples."""
+CORE_SUPERSAMPLE = 16
+"""Pixels within CORE_HALF_PIX (per axis) of the centre are integrated with 16x16 samples."""
 
 _SALT = "gen7_hybrid_v1"
 
@@ -56,33 +56,36 @@ def _sersic_bn(n_sersic: float) -> float:
     return float(special.gammaincinv(2.0 * n_sersic, 0.5))
 
 
-def _sersic_pixels(rows: np.ndarray, cols: np.ndarray, h: int, w: int, re_pix: float, n_sersic: float,
-                   q: float, phi_rad: float, supersample: int) -> np.ndarray:
-    """Mean of the Sersic profile over the ``supersample**2`` sub-pixels of pixels rows x cols."""
+def _radius_pow(rows: np.ndarray, cols: np.ndarray, h: int, w: int, n_sersic: float, q: float, phi_rad: float,
+                supersample: int) -> np.ndarray:
+    """``R^(1/n)`` (pixels^(1/n)) at the ``supersample**2`` sub-pixels of pixels rows x cols."""
     offs = (np.arange(supersample) + 0.5) / supersample - 0.5
     ys = ((rows - (h - 1) / 2.0)[:, None] + offs[None, :]).ravel()
     xs = ((cols - (w - 1) / 2.0)[:, None] + offs[None, :]).ravel()
     x, y = np.meshgrid(xs, ys)
     c, s = math.cos(phi_rad), math.sin(phi_rad)
     xr, yr = c * x + s * y, -s * x + c * y
-    r_ell = np.sqrt(q * xr * xr + yr * yr / q)
-    prof = np.exp(-_sersic_bn(n_sersic) * ((r_ell / re_pix) ** (1.0 / n_sersic) - 1.0))
-    return prof.reshape(rows.size, supersample, cols.size, supersample).mean(axis=(1, 3))
+    return (q * xr * xr + yr * yr / q) ** (0.5 / n_sersic)
 
 
-def sersic_template(h: int, w: int, re_pix: float, n_sersic: float, q: float, phi_rad: float,
-                    supersample: int = SUPERSAMPLE) -> np.ndarray:
-    """Pixel-integrated elliptical Sersic on an (h, w) grid, unit sum.
+def _pixel_mean(prof: np.ndarray, n_rows: int, n_cols: int, supersample: int) -> np.ndarray:
+    return prof.reshape(n_rows, supersample, n_cols, supersample).mean(axis=(1, 3))
 
-    The cusp of high-index profiles is not captured by a few samples per pixel, so the
-    pixels within ``CORE_HALF_PIX`` of the centre are integrated with ``CORE_SUPERSAMPLE``.
+
+def sersic_templates(h: int, w: int, re_pix_list, n_sersic: float, q: float, phi_rad: float,
+                     supersample: int = SUPERSAMPLE) -> list[np.ndarray]:
+    """Pixel-integrated elliptical Sersics of one shape and several sizes, each unit sum.
+
+    ``R^(1/n)`` is computed once and shared by all sizes (the costly part). The cusp of
+    high-index profiles is not captured by a few samples per pixel, so the pixels within
+    ``CORE_HALF_PIX`` of the centre are integrated with ``CORE_SUPERSAMPLE`` per axis.
 
     Parameters
     ----------
     h, w : int
         Template size, pixels.
-    re_pix : float
-        Half-light radius (geometric mean of the semi-axes), pixels.
+    re_pix_list : sequence of float
+        Half-light radii (geometric mean of the semi-axes), pixels.
     n_sersic : float
         Sersic index.
     q : float
@@ -94,15 +97,30 @@ def sersic_template(h: int, w: int, re_pix: float, n_sersic: float, q: float, ph
 
     Returns
     -------
-    ndarray (h, w), float64, flux per pixel, sums to 1.
+    list of ndarray (h, w), float64, flux per pixel, each summing to 1.
     """
     rows, cols = np.arange(h, dtype=float), np.arange(w, dtype=float)
-    img = _sersic_pixels(rows, cols, h, w, re_pix, n_sersic, q, phi_rad, supersample)
     core_r = np.flatnonzero(np.abs(rows - (h - 1) / 2.0) <= CORE_HALF_PIX)
     core_c = np.flatnonzero(np.abs(cols - (w - 1) / 2.0) <= CORE_HALF_PIX)
-    img[np.ix_(core_r, core_c)] = _sersic_pixels(rows[core_r], cols[core_c], h, w, re_pix, n_sersic, q, phi_rad,
-                                                 CORE_SUPERSAMPLE)
-    return img / img.sum()
+    r_pow = _radius_pow(rows, cols, h, w, n_sersic, q, phi_rad, supersample)
+    r_pow_core = _radius_pow(rows[core_r], cols[core_c], h, w, n_sersic, q, phi_rad, CORE_SUPERSAMPLE)
+    b_n = _sersic_bn(n_sersic)
+    out, done = [], {}
+    for re_pix in re_pix_list:
+        if re_pix not in done:
+            scale = b_n / float(re_pix) ** (1.0 / n_sersic)  # b_n (R/re)^(1/n) = scale * R^(1/n)
+            img = _pixel_mean(np.exp(b_n - scale * r_pow), h, w, supersample)
+            img[np.ix_(core_r, core_c)] = _pixel_mean(np.exp(b_n - scale * r_pow_core), core_r.size, core_c.size,
+                                                      CORE_SUPERSAMPLE)
+            done[re_pix] = img / img.sum()
+        out.append(done[re_pix])
+    return out
+
+
+def sersic_template(h: int, w: int, re_pix: float, n_sersic: float, q: float, phi_rad: float,
+                    supersample: int = SUPERSAMPLE) -> np.ndarray:
+    """One pixel-integrated elliptical Sersic, unit sum (see :func:`sersic_templates`)."""
+    return sersic_templates(h, w, [re_pix], n_sersic, q, phi_rad, supersample)[0]
 
 
 def gaussian_clump(h: int, w: int, x0_pix: float, y0_pix: float, sigma_pix: float) -> np.ndarray:
@@ -220,10 +238,11 @@ def generate_hybrid_source(
     for c in clumps:
         clump_img += c["flux_frac"] * gaussian_clump(H, W, c["x_pix"], c["y_pix"], c["sigma_pix"])
 
-    bands, re_band = {}, {}
-    for b in BANDS:
-        re_band[b] = re_pix * math.exp(GRADIENT_SIGN[b] * gradient_strength / 2.0)
-        band = sersic_template(H, W, re_band[b], n_sersic, q, phi) + CLUMP_COLOUR[b] * clump_img
+    re_band = {b: re_pix * math.exp(GRADIENT_SIGN[b] * gradient_strength / 2.0) for b in BANDS}
+    smooth = sersic_templates(H, W, [re_band[b] for b in BANDS], n_sersic, q, phi)
+    bands = {}
+    for b, smooth_b in zip(BANDS, smooth, strict=True):
+        band = smooth_b + CLUMP_COLOUR[b] * clump_img
         bands[b] = band / band.sum() if normalize_sum else band
     img = sum(bands[b] for b in BANDS) / len(BANDS)
     if normalize_sum:
