@@ -214,9 +214,9 @@ def prepare_output(out_uri: str, overwrite: bool) -> None:
         ``out_uri`` holds a ``_manifest.json`` or part files and ``overwrite`` is False.
     """
     manifest_uri = storage.join(out_uri, MANIFEST_NAME)
-    has_manifest, parts = storage.exists(manifest_uri), _part_files(out_uri)
     if storage.exists(out_uri) and not storage.is_dir(out_uri):
         raise OutputExistsError(str(out_uri), "a file (an output must be a directory)")
+    has_manifest, parts = storage.exists(manifest_uri), _part_files(out_uri)
     if not (has_manifest or parts):
         return
     if not overwrite:
