@@ -1,0 +1,1 @@
+"""Performance benchmarks: one module per subject (``bench/<name>.py`` with a ``run()``); ``python -m bench``."""

@@ -1,0 +1,118 @@
+"""Kernel benchmark: ``render_arc`` (numpy engine) vs lenstronomy ``ImageModel`` on the same tasks.
+
+Tasks are DR10-like: 64x64 stamps at 0.262"/pix, supersampling 4, a 25x25 Moffat PSF (beta 3.5,
+FWHM 1.0-1.6"), SIE+shear lenses with theta_E 0.8-2.5", Sersic sources with r_eff 0.1-0.5",
+n 0.5-4, placed inside the caustic region so that they form arcs. Timings are the best of
+``REPEATS`` passes over all tasks (the machine is shared; the minimum is the least disturbed).
+
+The lenstronomy side is as favourable to it as possible: one ``ImageModel`` built once and
+re-used, only the kwargs change per task. Lines printed:
+
+* a table: mode, ms per stamp for numpy and lenstronomy, speedup, and the accuracy of the numpy
+  image against lenstronomy's (max and median relative L1, max relative total-flux difference);
+* ``render_arc single``: one call per single-band stamp, adaptive (default) and exact paths;
+* ``render_arcs batch``: single-band tasks in one batch call;
+* ``render_arcs batch grz``: three-band tasks (one lens, per-band flux and PSF) vs three
+  lenstronomy renders per stamp, and stamps/s against the DESIGN target of 200 per core.
+
+Run: ``python -m bench kernels``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC, ellipticity_from_q_phi
+from dhs_gen.injection import render_arc, render_arcs
+from dhs_gen.lenstronomy_engine import image_model
+from dhs_gen.lensing import SIEShear
+from dhs_gen.psf import moffat_kernel
+from dhs_gen.sources import SersicSource
+
+STAMP, SUPERSAMPLE, PSF_SIZE = 64, 4, 25
+N_TASKS, REPEATS = 40, 3
+GRZ_FLUX_RATIOS = (0.8, 1.0, 1.1)
+
+
+def make_tasks(n: int, seed: int = 0):
+    """``n`` (lens, source, psf) single-band tasks and per-task grz PSFs, from a seeded generator."""
+    rng = np.random.default_rng(seed)
+    tasks, grz_psfs = [], []
+    for _ in range(n):
+        e1, e2 = ellipticity_from_q_phi(rng.uniform(0.6, 1.0), rng.uniform(0, np.pi))
+        g1, g2 = rng.normal(0.0, 0.04, 2)
+        theta_e = rng.uniform(0.8, 2.5)
+        lens = SIEShear(theta_e, float(e1), float(e2), float(g1), float(g2), *rng.uniform(-0.1, 0.1, 2))
+        se1, se2 = ellipticity_from_q_phi(rng.uniform(0.5, 1.0), rng.uniform(0, np.pi))
+        r, phi = 0.5 * theta_e * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)  # inside ~ the caustic
+        src = SersicSource(flux=rng.uniform(1.0, 20.0), r_eff=rng.uniform(0.1, 0.5), n=rng.uniform(0.5, 4.0),
+                           e1=float(se1), e2=float(se2), center_x=r * np.cos(phi), center_y=r * np.sin(phi))
+        fwhms = rng.uniform(1.0, 1.6, 3)
+        psfs = [moffat_kernel(f, PIXSCALE_DR10_ARCSEC, beta=3.5, size=PSF_SIZE) for f in fwhms]
+        tasks.append((lens, src, psfs[1]))
+        grz_psfs.append(psfs)
+    return tasks, grz_psfs
+
+
+def _best(fn, repeats=REPEATS) -> float:
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _accuracy(ours, refs):
+    l1 = [np.abs(a - b).sum() / np.abs(b).sum() for a, b in zip(ours, refs, strict=True)]
+    dflux = [abs(a.sum() - b.sum()) / b.sum() for a, b in zip(ours, refs, strict=True)]
+    return max(l1), float(np.median(l1)), max(dflux)
+
+
+def run() -> str:
+    """Benchmark and return the table and ratio lines (< 60 s on 2 shared cores)."""
+    tasks, grz_psfs = make_tasks(N_TASKS)
+    p = PIXSCALE_DR10_ARCSEC
+    # one lenstronomy ImageModel re-used for every task (PSF of task 0): lenstronomy's best case
+    model, _, _ = image_model(tasks[0][0], tasks[0][1], tasks[0][2], STAMP, p, SUPERSAMPLE)
+    lt_kwargs = [(le.lenstronomy_kwargs(), [s.lenstronomy()[1]]) for le, s, _ in tasks]
+    psf0 = tasks[0][2]
+    refs = [model.image(kwargs_lens=kl, kwargs_source=ks) for kl, ks in lt_kwargs]
+    t_lt = _best(lambda: [model.image(kwargs_lens=kl, kwargs_source=ks) for kl, ks in lt_kwargs]) / N_TASKS
+
+    rows = []
+    for label, adaptive in (("render_arc single", True), ("render_arc single exact", False)):
+        imgs = [render_arc(le, s, psf0, STAMP, p, SUPERSAMPLE, adaptive=adaptive) for le, s, _ in tasks]
+        t = _best(lambda a=adaptive: [render_arc(le, s, psf0, STAMP, p, SUPERSAMPLE, adaptive=a)
+                                      for le, s, _ in tasks]) / N_TASKS
+        rows.append((label, t, t_lt, *_accuracy(imgs, refs)))
+
+    batch = [(le, [s], [psf0]) for le, s, _ in tasks]
+    imgs = [r.images[0] for r in render_arcs(batch, STAMP, p, SUPERSAMPLE)]
+    t = _best(lambda: render_arcs(batch, STAMP, p, SUPERSAMPLE)) / N_TASKS
+    rows.append(("render_arcs batch", t, t_lt, *_accuracy(imgs, refs)))
+
+    grz = [(le, [dataclasses.replace(s, flux=s.flux * f) for f in GRZ_FLUX_RATIOS], psfs)
+           for (le, s, _), psfs in zip(tasks, grz_psfs, strict=True)]
+    t_grz = _best(lambda: render_arcs(grz, STAMP, p, SUPERSAMPLE)) / N_TASKS
+    rows.append(("render_arcs batch grz (3 bands)", t_grz, 3 * t_lt, np.nan, np.nan, np.nan))
+
+    head = f"{'mode':34s} {'numpy ms':>9s} {'lenstr ms':>10s} {'speedup':>8s} {'L1 max':>9s} {'L1 med':>9s} {'dflux max':>9s}"
+    lines = [f"kernels: {N_TASKS} tasks, {STAMP}x{STAMP} px, supersample {SUPERSAMPLE}, {PSF_SIZE}x{PSF_SIZE} Moffat, "
+             f"theta_E 0.8-2.5\", r_eff 0.1-0.5\", n 0.5-4; best of {REPEATS}", head, "-" * len(head)]
+    for label, t, tl, l1max, l1med, dflux in rows:
+        lines.append(f"{label:34s} {t * 1e3:9.3f} {tl * 1e3:10.3f} {tl / t:7.1f}x {l1max:9.2e} {l1med:9.2e} {dflux:9.2e}")
+    lines.append("")
+    for label, t, tl, *_ in rows:
+        unit = "stamp (3 bands)" if "grz" in label else "stamp"
+        lines.append(f"{label}: numpy {t * 1e3:.3f} ms/{unit}, lenstronomy {tl * 1e3:.3f} ms/{unit}, "
+                     f"speedup {tl / t:.1f}x")
+    lines.append(f"render_arcs batch grz: {1.0 / t_grz:,.0f} three-band stamps/s on one core (DESIGN target >= 200)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(run())
