@@ -98,6 +98,22 @@ def attempt_path(out_uri: str, run_id: str, partition_index: int, attempt_id: st
                         f"{stem}-{_check_token('attempt_id', attempt_id)}.parquet")
 
 
+def task_attempt() -> tuple[int, str]:
+    """``(partition_index, attempt_id)`` of the running Spark task, for :func:`write_attempt`.
+
+    The attempt id is ``"<attemptNumber>-<uuid4 hex>"``: unique even when a speculative copy of the
+    same attempt number runs elsewhere. Only valid inside a Spark task.
+    """
+    import uuid
+
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is None:
+        raise RuntimeError("task_attempt() must be called inside a Spark task")
+    return int(ctx.partitionId()), f"{ctx.attemptNumber()}-{uuid.uuid4().hex}"
+
+
 def write_attempt(table: pa.Table, out_uri: str, run_id: str, partition_index: int, attempt_id: str) -> dict:
     """Write one task attempt's rows (inside a Spark task); a zero-row table writes nothing.
 

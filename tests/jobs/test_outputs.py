@@ -216,8 +216,7 @@ def test_attempts_written_by_spark_tasks_commit_once(spark, tmp_path):
         table = pa.Table.from_batches(list(batches), schema=pa.schema([("i", pa.int64())]))
         # A previous attempt of this task that wrote everything and then died before reporting.
         outputs.write_attempt(table, out, run_id, ctx.partitionId(), f"{ctx.attemptNumber()}-stale")
-        report = outputs.write_attempt(table, out, run_id, ctx.partitionId(),
-                                       f"{ctx.attemptNumber()}-{uuid.uuid4().hex}")
+        report = outputs.write_attempt(table, out, run_id, *outputs.task_attempt())
         yield pa.RecordBatch.from_pylist([report], schema=pa.schema(
             [("partition", pa.int64()), ("path", pa.string()), ("rows", pa.int64())]))
 
@@ -228,3 +227,5 @@ def test_attempts_written_by_spark_tasks_commit_once(spark, tmp_path):
     values = sorted(v for f in outputs.dataset_files(out) for v in pq.read_table(f).column("i").to_pylist())
     assert values == list(range(6))
     assert sorted(p.name for p in Path(out).iterdir()) == ["_manifest.json"] + final["files"]
+    with pytest.raises(RuntimeError, match="inside a Spark task"):
+        outputs.task_attempt()
