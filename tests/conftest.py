@@ -30,3 +30,25 @@ def spark():
     session = get_spark("dhs-tests", master="local[2]")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One real S3-compatible server (SeaweedFS on 127.0.0.1) for the whole test session."""
+    from s3server import run_seaweedfs
+
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """Point this test's AWS environment at the local server (undone after the test).
+
+    Spark tasks get the same settings from the driver (``jobs.stage.with_storage_env``).
+    """
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server

@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from s3server import run_seaweedfs  # tests/ is on pytest's pythonpath (pyproject.toml)
 
 import dhs_gen
 from jobs import outputs, storage
@@ -24,23 +23,12 @@ from jobs import outputs, storage
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """One SeaweedFS S3 server for this test session."""
-    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
-
-
 @pytest.fixture(params=["local", "s3"])
 def out_uri(request, tmp_path, monkeypatch):
     """A fresh output directory URI on each backend."""
     if request.param == "local":
         return str(tmp_path / "out")
-    server = request.getfixturevalue("s3_server")
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in server.env.items():
-        monkeypatch.setenv(name, value)
+    server = request.getfixturevalue("s3_env")
     return f"s3://{server.bucket}/out-{uuid.uuid4().hex[:10]}"
 
 

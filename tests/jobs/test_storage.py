@@ -15,29 +15,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from s3server import run_seaweedfs  # tests/ is on pytest's pythonpath (pyproject.toml)
 
 from jobs import storage
 
 PARENT_SAMPLE = "dr10/phase3_lrg_parent_sample.parquet"
 FITS_EXAMPLE = "decals/zooniverse_examples/example_a.fits"
-
-
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """One SeaweedFS S3 server for this test session."""
-    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
-
-
-@pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    """Point this test's AWS environment at the local server (undone after the test)."""
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in s3_server.env.items():
-        monkeypatch.setenv(name, value)
-    return s3_server
 
 
 @pytest.fixture(params=["local", "s3"])
