@@ -126,14 +126,15 @@ def test_bands_share_the_lens_and_match_single_calls(adaptive):
     assert isinstance(res, ArcRender) and res.images.shape == (3, 64, 64) and res.images.dtype == np.float64
     for b in range(3):  # same shape in every band: same samples, so equal to round-off
         single = render_arc(lens, sources[b], psfs[b], 64, PIX, adaptive=adaptive)
-        np.testing.assert_allclose(res.images[b], single, rtol=0, atol=1e-12 * single.max())
+        # adaptive convolves in float32 (FFT size follows the largest kernel of the call): ~1e-7
+        np.testing.assert_allclose(res.images[b], single, rtol=0, atol=(1e-6 if adaptive else 1e-12) * single.max())
     # a band of another shape widens the (shared) supersampled region: same image to quadrature accuracy
     other = dataclasses.replace(src, r_eff=src.r_eff * 1.5, center_x=src.center_x + 0.3)
     res2 = render_arc_bands(lens, [sources[0], other], psfs[:2], 64, PIX, adaptive=adaptive)
     assert _l1(res2.images[0], res.images[0]) < (1e-3 if adaptive else 1e-12)
     assert _l1(res2.images[1], render_arc(lens, other, psfs[1], 64, PIX, adaptive=adaptive)) < 1e-3
     unconvolved = render_arc(lens, sources[0], np.ones((1, 1)), 64, PIX, adaptive=adaptive)
-    assert res.magnification == pytest.approx(unconvolved.sum() / sources[0].flux, rel=1e-12)
+    assert res.magnification == pytest.approx(unconvolved.sum() / sources[0].flux, rel=1e-6)  # float32 FFT
 
 
 def test_render_arcs_batch_equals_per_task_calls():
@@ -148,7 +149,7 @@ def test_render_arcs_batch_equals_per_task_calls():
     batch = render_arcs(tasks, 64, PIX, chunk_size=2)
     for (lens, srcs, psfs), got in zip(tasks, batch, strict=True):
         one = render_arc_bands(lens, srcs, psfs, 64, PIX)
-        np.testing.assert_allclose(got.images, one.images, rtol=0, atol=1e-12 * one.images.max())
+        np.testing.assert_allclose(got.images, one.images, rtol=0, atol=1e-6 * one.images.max())  # float32 FFT
         assert got.magnification == pytest.approx(one.magnification, rel=1e-12)
     assert render_arcs([], 64, PIX) == []
 
