@@ -20,10 +20,12 @@ from pathlib import Path
 import yaml
 
 from dhs_gen.errors import ConfigError
+from dhs_gen.uber.mixer import ARTIFACT_PROFILE_NAMES
+from dhs_gen.uber.mixer import SOURCE_MODES as _MIXER_SOURCE_MODES
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-SOURCE_MODES = ("sersic", "hybrid", "cosmos", "deep")
-ARTIFACT_PROFILES = ("none", "mild", "strong")
+SOURCE_MODES = tuple(_MIXER_SOURCE_MODES)
+ARTIFACT_PROFILES = tuple(ARTIFACT_PROFILE_NAMES)
 ENGINES = ("numpy", "lenstronomy")
 PSF_MODELS = ("moffat", "gaussian")
 SPLITS = ("train", "val", "test")

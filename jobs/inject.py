@@ -46,6 +46,7 @@ def inject_rows(rows: Iterable[dict], cfg: ExperimentConfig, coadd_root: str, gi
     from jobs.coadds import cut_stamp, load_brick
 
     banks = open_banks(cfg)
+    arc_cache: dict = {}
     brick, brick_name = None, object()
     for row in rows:
         if row["brickname"] != brick_name:
@@ -54,7 +55,7 @@ def inject_rows(rows: Iterable[dict], cfg: ExperimentConfig, coadd_root: str, gi
             brick = load_brick(coadd_root, brick_name)
         try:
             cutout = cut_stamp(brick, row["ra"], row["dec"], cfg.stamp_size_pix)
-            yield render_row(row, cutout, cfg, banks, git_sha)
+            yield render_row(row, cutout, cfg, banks, git_sha, arc_cache)
         except Exception as err:  # noqa: BLE001 - a row must never take the partition down
             yield rejected_row(row, f"error:{type(err).__name__}:{err}"[:200], git_sha)
 
@@ -119,6 +120,7 @@ def run(manifest_uri: str, coadds_uri: str, out_uri: str, partitions: int = 4, o
     seconds = time.perf_counter() - t0
     summary = stage.summarize(reports)
     extra = {"partitions": partitions, "task_seconds": sum(r["seconds"] for r in reports),
+             "peak_worker_rss_mb": summary["peak_rss_mb"],
              "stamps_per_s": summary["rows_total"] / seconds if seconds else None}
     manifest = stage.commit_stage("4c_inject", out_uri, run_id, reports, m["config"],
                                   {"manifest": manifest_uri, "coadds": coadds_uri},

@@ -153,8 +153,13 @@ def rejected_row(row: dict, reason: str, git_sha: str) -> dict:
             "git_sha": git_sha, "pipeline_version": PIPELINE_VERSION}
 
 
-def render_row(row: dict, cutout, cfg: ExperimentConfig, banks: dict, git_sha: str) -> dict:
-    """Manifest row + its host cutout -> stamp row (schema ``jobs.schema.STAMP_SCHEMA``)."""
+def render_row(row: dict, cutout, cfg: ExperimentConfig, banks: dict, git_sha: str,
+               arc_cache: dict | None = None) -> dict:
+    """Manifest row + its host cutout -> stamp row (schema ``jobs.schema.STAMP_SCHEMA``).
+
+    ``arc_cache`` (pair_id -> (arc, template_id)) lets the injection and the hard negative of a pair,
+    adjacent when rows are sorted by task_id, share one render; the arc is never modified in place.
+    """
     if not cutout.ok:
         return rejected_row(row, cutout.reject_reason, git_sha)
     fwhms = [float(f) for f in cutout.psf_fwhm_arcsec]
@@ -166,10 +171,16 @@ def render_row(row: dict, cutout, cfg: ExperimentConfig, banks: dict, git_sha: s
            "source_template_id": None}
     stamp = host
     if row["kind"] in ("injection", "hardneg_shuffle"):
-        try:
-            arc, template_id = render_arc_for_row(row, make_psfs(fwhms, cfg), cfg, banks, cutout.lens_offset_arcsec)
-        except (KeyError, ValueError) as err:
-            return rejected_row(row, f"render_failed:{type(err).__name__}:{err}"[:200], git_sha)
+        cached = arc_cache.get(row["pair_id"]) if arc_cache is not None else None
+        if cached is None:
+            try:
+                cached = render_arc_for_row(row, make_psfs(fwhms, cfg), cfg, banks, cutout.lens_offset_arcsec)
+            except (KeyError, ValueError) as err:
+                return rejected_row(row, f"render_failed:{type(err).__name__}:{err}"[:200], git_sha)
+            if arc_cache is not None:
+                arc_cache.clear()
+                arc_cache[row["pair_id"]] = cached
+        arc, template_id = cached
         sums = arc.sum(axis=(1, 2))
         intrinsic_r = float(mag_to_nmgy(mags["r"]))
         out.update(magnification=float(sums[1] / intrinsic_r), arc_flux_g_nmgy=float(sums[0]),

@@ -28,6 +28,7 @@ REPORT_SCHEMA = pa.schema([
     ("rejected", pa.int64()),
     ("reasons", pa.string()),     # JSON {reason: count}
     ("seconds", pa.float64()),
+    ("peak_rss_mb", pa.float64()),  # the task's Python worker high-water mark (memory per executor core)
 ])
 
 
@@ -105,7 +106,13 @@ class AttemptWriter:
             self._stream.close()
         return {"partition": self.partition, "path": self.uri if self.rows else None, "rows": self.rows,
                 "rejected": self.rejected, "reasons": json.dumps(dict(self.reasons), sort_keys=True),
-                "seconds": seconds}
+                "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
 
 
 def run_partitions(df, process: Callable[[Iterable[pa.RecordBatch]], Iterator[pa.Table]], out_uri: str,
@@ -139,7 +146,8 @@ def summarize(reports: list[dict]) -> dict:
     total = sum(r["rows"] for r in reports)
     rejected = sum(r["rejected"] for r in reports)
     return {"rows_total": total, "rows_written": total - rejected, "rows_rejected": rejected,
-            "rejected_by_reason": dict(sorted(reasons.items()))}
+            "rejected_by_reason": dict(sorted(reasons.items())),
+            "peak_rss_mb": max((r.get("peak_rss_mb") or 0.0 for r in reports), default=0.0)}
 
 
 def commit_stage(stage: str, out_uri: str, run_id: str, reports: list[dict], config: dict, inputs: dict,
