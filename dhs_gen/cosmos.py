@@ -7,8 +7,8 @@ astropy alone, or the HDF5 bank :func:`build_cosmos_bank` writes (h5py, imported
 Measurements (all on background-subtracted images, flux per pixel):
 
 * background: median of the outer border ring (``BORDER_PIX`` wide) per image.
-* centroid: flux-weighted first moment of the Gaussian-smoothed (sigma 1.5 pix), zero-clipped
-  image inside a circle of radius ``min(H, W) / 4`` pixels, iterated from the smoothed peak.
+* centroid: flux-weighted first moment inside a circle of 3 half-light radii, iterated from the
+  peak of the smoothed image (:func:`flux_weighted_centroid`).
 * half-light radius (arcsec): circular-aperture growth curve about that centroid (sep's exact
   sub-pixel aperture sums), radius enclosing half of the stamp's total flux — the same
   definition as SExtractor's ``FLUX_RADIUS`` (the catalog's ``flux_radius``, in 0.03" pixels).
@@ -106,23 +106,29 @@ def robust_sigma(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(v - np.median(v))))
 
 
-def flux_weighted_centroid(image, n_iter: int = 5) -> tuple[float, float]:
+def flux_weighted_centroid(image, n_iter: int = 4, radius_hlr: float = 3.0) -> tuple[float, float]:
     """Flux-weighted centroid ``(x, y)`` in pixel indices (x = column) of a galaxy stamp.
 
-    First moment of the zero-clipped, sigma-1.5-pixel Gaussian-smoothed image inside a circle of
-    radius ``min(H, W) / 4`` pixels, re-centred ``n_iter`` times starting at the smoothed peak
-    (smoothing and the circle keep noise and stamp-edge neighbours from pulling it).
+    First moment of the image inside a circle of ``radius_hlr`` half-light radii (at least 3
+    pixels), iterated ``n_iter`` times: start at the peak of the sigma-1.5-pixel smoothed image
+    with a circle of ``min(H, W) / 4`` pixels, then re-centre and re-measure the half-light
+    radius each time. The circle keeps stamp-edge neighbours and most sky noise out; the
+    weights are not clipped at 0, so symmetric noise does not pull the centroid.
     """
     img = np.asarray(image, dtype=float)
-    smooth = np.clip(ndimage.gaussian_filter(img, 1.5), 0.0, None)
+    smooth = ndimage.gaussian_filter(img, 1.5)
     yy, xx = np.indices(img.shape, dtype=float)
     y0, x0 = (float(v) for v in np.unravel_index(np.argmax(smooth), img.shape))
     radius = max(3.0, min(img.shape) / 4.0)
     for _ in range(n_iter):
-        wgt = smooth * (((xx - x0) ** 2 + (yy - y0) ** 2) <= radius**2)
-        if wgt.sum() <= 0:
+        wgt = img * (((xx - x0) ** 2 + (yy - y0) ** 2) <= radius**2)
+        if not wgt.sum() > 0:
             break
         x0, y0 = float((wgt * xx).sum() / wgt.sum()), float((wgt * yy).sum() / wgt.sum())
+        hlr_pix = half_light_radius(img, 1.0, (x0, y0))
+        if not math.isfinite(hlr_pix):
+            break
+        radius = max(3.0, radius_hlr * hlr_pix)
     return x0, y0
 
 
