@@ -41,5 +41,14 @@ bench: $(STAMP) ## performance benchmarks, printed as side-by-side ratios from o
 demo: $(STAMP) ## whole chain on the embedded synthetic sky: sky -> 4a -> 4c -> train -> evaluate (OUT=out)
 	$(DHS) demo --out $(OUT)/demo
 
+sky: $(STAMP) ## write the embedded synthetic sky to $(OUT)/sky
+	$(DHS) sky --out $(OUT)/sky
+
+manifest: $(STAMP) ## 4a on the synthetic sky (CONFIG=demo) -> $(OUT)/manifest
+	$(DHS) manifest --parent $(OUT)/sky/parent_sample.parquet --config $(or $(CONFIG),demo) --out $(OUT)/manifest --overwrite
+
+inject: $(STAMP) ## 4c on $(OUT)/manifest -> $(OUT)/stamps
+	$(DHS) inject --manifest $(OUT)/manifest --coadds $(OUT)/sky --out $(OUT)/stamps --overwrite
+
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf $(OUT) .pytest_cache build dist *.egg-info
