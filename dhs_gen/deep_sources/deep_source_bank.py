@@ -15,7 +15,7 @@ the g+r+z sum with ``sep`` (threshold in sigma of the summed noise, multi-thresh
 per object (brightest first) keep its segment grown by ``wing_pix`` (its faint wings) minus
 the other objects' segments dilated by ``neighbour_dilate_pix`` (their wings), zero the rest
 (sky and neighbours), resample every band area-weighted to ``target_pixscale_arcsec`` with the
-object's flux-weighted centroid (sep's barycentre) on the stamp centre, pad/crop to
+barycentre of the kept light (all three bands) on the stamp centre, pad/crop to
 ``stamp_size`` and convert to nanomaggies (``src_zeropoint_ab``; HSC coadds: 27.0). All
 bands of a template share one segmentation, so the colours are the scene's own.
 
@@ -184,7 +184,7 @@ def build_deep_source_bank(fits_dir: str, out_npz: str, n_sources: int, stamp_si
 
     NPZ arrays: ``images (N, 3, S, S) float32`` (nanomaggies per target pixel, bands g, r, z),
     ``source_file (N,) str``, ``object_index (N,) int32`` (sep index in the scene),
-    ``x_pix, y_pix (N,)`` (centroid, scene pixels, x = column), ``flux (N, 3)`` (isophotal,
+    ``x_pix, y_pix (N,)`` (barycentre, scene pixels, x = column), ``flux (N, 3)`` (isophotal,
     nanomaggies), ``snr (N,)``, ``hlr_arcsec (N,)`` (r band), ``src_pixscale_arcsec (N,)``,
     ``target_pixscale_arcsec ()``, ``bands (3,) str``.
     """
@@ -251,7 +251,13 @@ def _template(img, det_sigma, obj, seg, k, scene, src, dst, stamp_size, to_nmgy,
     if np.any(iso_flux <= 0) or np.any(masked.sum(axis=(1, 2)) <= 0):
         return None, "nonpositive_flux"
     h, w = own.shape
-    x, y = float(obj["x"]), float(obj["y"])
+    # Centre on the barycentre of exactly the light kept (segment + wings, neighbours removed):
+    # sep's isophotal barycentre ignores the wings, which a neighbour's mask can make lopsided.
+    det_kept = masked.sum(axis=0)
+    yy, xx = np.indices(own.shape, dtype=float)
+    x, y = float((det_kept * xx).sum() / det_kept.sum()), float((det_kept * yy).sum() / det_kept.sum())
+    if not (0 <= x <= w - 1 and 0 <= y <= h - 1):  # noise-dominated wings: fall back to sep's
+        x, y = float(obj["x"]), float(obj["y"])
     centre = ((x - (w - 1) / 2.0) * src, (y - (h - 1) / 2.0) * src)
     stamps = np.stack([resample_to_pixscale(b, src, dst, out_size=stamp_size, center_arcsec=centre) for b in masked])
     totals = masked.sum(axis=(1, 2))
