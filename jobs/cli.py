@@ -1,6 +1,6 @@
 """The ``dhs`` command: one subcommand per stage or tool, each a module with ``main(argv)``.
 
-Subcommand modules are imported lazily so ``dhs --help`` is instant and a stage's heavy
+Entries are ``module`` (its ``main``) or ``module:function``. Subcommand modules are imported lazily so ``dhs --help`` is instant and a stage's heavy
 imports (pyspark, torch) load only when that stage runs. Each module defines
 ``main(argv: list[str] | None) -> int`` and builds its own argparse parser, so
 ``dhs <cmd> --help`` is that parser's help and ``spark-submit jobs/<module>.py`` works too.
@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("jobs.train", "train the lens-finder CNN on stamps Parquet (CPU or GPU)"),
     "score": ("jobs.score", "score stamps or anchors with a checkpoint (optional leakage masks)"),
     "evaluate": ("jobs.evaluate", "metrics.json, leakage and anchor gates, plots and report.html"),
+    "cosmos-bank": ("jobs.banks:cosmos_bank_main", "Gen5: build a COSMOS source bank (HDF5) from a GalSim catalog"),
+    "deep-bank": ("jobs.banks:deep_bank_main", "Gen6: build a deep ground-based source bank (NPZ) from FITS scenes"),
     "demo": ("jobs.demo", "the whole chain on the embedded synthetic sky"),
 }
 
@@ -40,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"dhs: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    module_name, _, func = COMMANDS[name][0].partition(":")
+    entry = getattr(importlib.import_module(module_name), func or "main")
+    return int(entry(rest) or 0)
 
 
 if __name__ == "__main__":
