@@ -29,7 +29,30 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("DHS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-def run_pipeline(out: Path, n_bricks: int, n_lrg: int, partitions: int, spark, config: str = "demo") -> dict:
+def build_banks(out: Path, shared: Path) -> dict:
+    """Small Gen5 (COSMOS) and Gen6 (deep HSC) banks from the real data, as config overrides.
+
+    Returns {} with a clear message when the real data folder is absent: the demo then mixes
+    only the procedural sources (sersic, hybrid).
+    """
+    cosmos_dir, hsc_dir = shared / "cosmos_hst", shared / "hsc"
+    if not (cosmos_dir.is_dir() and hsc_dir.is_dir()):
+        print(f"banks: no real data at {shared} (set DHS_SHARED_DATA); demo uses sersic + hybrid sources only",
+              file=sys.stderr)
+        return {}
+    from jobs.banks import cosmos_bank_main, deep_bank_main
+
+    cosmos, deep = out / "banks" / "cosmos_bank.h5", out / "banks" / "deep_bank.npz"
+    # COSMOS templates keep 4x finer sampling than the survey pixel: lensing magnifies source detail
+    cosmos_bank_main(["--galsim-path", str(cosmos_dir), "--output", str(cosmos), "--n-sources", "100",
+                      "--stamp-size", "96", "--target-pixscale", "0.0655", "--seed", "0"])
+    deep_bank_main(["--fits-dir", str(hsc_dir), "--output", str(deep), "--n-sources", "100"])
+    return {"source": {"mix_modes": ["sersic", "hybrid", "cosmos", "deep"], "mix_probs": [0.25, 0.25, 0.25, 0.25],
+                       "cosmos_bank": str(cosmos), "deep_bank": str(deep)}}
+
+
+def run_pipeline(out: Path, n_bricks: int, n_lrg: int, partitions: int, spark, config: str = "demo",
+                 overrides: dict | None = None) -> dict:
     """sky -> 4a -> 4c; returns the paths written."""
     from jobs import inject, manifest, sky
 
@@ -37,7 +60,7 @@ def run_pipeline(out: Path, n_bricks: int, n_lrg: int, partitions: int, spark, c
     t = _step("synthetic sky")
     sky.main(["--out", str(paths["sky"]), "--n-bricks", str(n_bricks), "--n-lrg", str(n_lrg)])
     print(f"sky written in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    cfg = load_config(config)
+    cfg = load_config(config, overrides)
     _step("4a manifest")
     manifest.run(str(paths["sky"] / "parent_sample.parquet"), cfg, str(paths["manifest"]), partitions,
                  overwrite=True, spark=spark)
@@ -68,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     spark = get_spark("dhs-demo", master="local[2]")
     try:
-        paths = run_pipeline(out, args.n_bricks, args.n_lrg, args.partitions, spark)
+        _step("source banks from the real data")
+        overrides = build_banks(out, shared_data_dir())
+        paths = run_pipeline(out, args.n_bricks, args.n_lrg, args.partitions, spark, overrides=overrides)
         if not args.skip_train:
             from jobs.demo_eval import train_and_evaluate
 
