@@ -11,7 +11,9 @@ export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 export DHS_SHARED_DATA ?= $(abspath ../shared/data)
 
-.PHONY: help setup test test-all lint bench demo clean sky manifest inject
+.PHONY: help setup test test-all lint bench demo clean sky manifest inject package emr-upload emr-plan
+
+EMR_CONFIG ?= configs/emr/example.yaml
 
 help: ## list every target with its one-line description
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -49,6 +51,15 @@ manifest: $(STAMP) ## 4a on the synthetic sky (CONFIG=demo) -> $(OUT)/manifest
 
 inject: $(STAMP) ## 4c on $(OUT)/manifest -> $(OUT)/stamps
 	$(DHS) inject --manifest $(OUT)/manifest --coadds $(OUT)/sky --out $(OUT)/stamps --overwrite
+
+package: $(STAMP) ## build dist/ for EMR: code bundle, entry scripts, resolved presets, pinned requirements, bootstrap
+	$(PY) -m emr.package --dist dist
+
+emr-upload: $(STAMP) ## build dist/ and upload it to code_uri of EMR_CONFIG (default configs/emr/example.yaml)
+	$(PY) -m emr.package --dist dist --upload-config $(EMR_CONFIG)
+
+emr-plan: $(STAMP) ## print the EMR RunJobFlow request for EMR_CONFIG (offline)
+	$(DHS) emr plan --config $(EMR_CONFIG)
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf $(OUT) .pytest_cache build dist *.egg-info

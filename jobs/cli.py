@@ -15,10 +15,13 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "sky": ("jobs.sky", "write the embedded synthetic sky in the DR10 coadd layout"),
     "manifest": ("jobs.manifest", "4a: parent sample x injection grid -> task manifest"),
+    "coadd-cache": ("jobs.coadd_cache", "4b: copy the DR10 coadd files a manifest needs into the bucket (once per brick)"),
     "inject": ("jobs.inject", "4c: cut stamps, inject arcs, write stamps Parquet"),
     "train": ("jobs.train", "train the lens-finder CNN on stamps Parquet (CPU or GPU)"),
     "score": ("jobs.score", "score stamps or anchors with a checkpoint (optional leakage masks)"),
     "evaluate": ("jobs.evaluate", "metrics.json, leakage and anchor gates, plots and report.html"),
+    "completeness": ("jobs.completeness", "4d: selection function in theta_E x arc SNR x PSF x depth bins"),
+    "emr": ("emr.cli:emr_main", "EMR: plan | launch | status | logs a cluster running the pipeline"),
     "cosmos-bank": ("jobs.banks:cosmos_bank_main", "Gen5: build a COSMOS source bank (HDF5) from a GalSim catalog"),
     "deep-bank": ("jobs.banks:deep_bank_main", "Gen6: build a deep ground-based source bank (NPZ) from FITS scenes"),
     "demo": ("jobs.demo", "the whole chain on the embedded synthetic sky"),

@@ -137,8 +137,12 @@ class LensResNet(nn.Module):
         self.cfg = cfg
         _, _, multipliers = _ARCH_LAYOUT[cfg.arch]
         widths = [cfg.width * m for m in multipliers]
+        # The CPU model halves the resolution in its stem (4x fewer operations): a 1-2" arc still
+        # spans 2-4 of its 0.52" pixels. The GPU model keeps full resolution.
+        stem_stride = 2 if cfg.arch == "resnet_small" else 1
         self.stem = nn.Sequential(
-            nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+            nn.Conv2d(cfg.in_channels, widths[0], 3, stride=stem_stride, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
         blocks: list[nn.Module] = []
         c_in = widths[0]
