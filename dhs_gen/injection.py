@@ -41,13 +41,16 @@ from scipy import fft as sfft
 from dhs_gen import lenstronomy_engine
 from dhs_gen.conventions import pixel_centers_arcsec, subpixel_offsets_arcsec
 from dhs_gen.errors import ChoiceError, InvalidValueError, check_range
-from dhs_gen.lensing import SIEShear, sie_shear_deflection
+from dhs_gen.lensing import SIEShear
 from dhs_gen.psf import validate_psf_kernel
-from dhs_gen.sources import SOURCE_PROFILES, SersicSource, sersic_b_n, sersic_sb_arrays, surface_brightness
+from dhs_gen.sources import SOURCE_PROFILES
 
 DEFAULT_REFINE_TOL = 1e-3
+DEFAULT_CULL_TOL = 1e-5
+BLOCK_PIX = 8  # side of the blocks culled before the coarse pass, pixels
 MIN_STAMP_SIZE = 8
 _CENTRE_GUARD_PIX = 2.0  # pixels around the lens centre that are always supersampled
+_FINE_CHUNK_RAYS = 16384  # rays per fine-pass chunk: its ~10 float32 rows stay in a core's L2 cache
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,58 +96,252 @@ def _validate_task(lens, sources, psfs):
     return sources, [validate_psf_kernel(p, name=f"psfs[{i}]", rtol=1e-5) for i, p in enumerate(psfs)]
 
 
-# ----------------------------------------------------------------------------- grids (cached)
+# ----------------------------------------------------------------------------- per-grid constants (cached)
 @dataclass(frozen=True, eq=False)
-class _Grid:
-    centres_x: np.ndarray   # (N, N) arcsec
-    centres_y: np.ndarray
-    corners_x: np.ndarray   # (N+1, N+1) arcsec, pixel corners
-    corners_y: np.ndarray
-    sub_dx: np.ndarray      # (s*s,) sub-pixel offsets from the pixel centre, arcsec
-    sub_dy: np.ndarray
+class _Plan:
+    """Everything about a (stamp_size, pixscale, supersample) grid that does not depend on the task."""
+
+    n: int
+    pixscale: float
+    supersample: int
+    coarse_xy1: np.ndarray   # (3, (N+1)^2 + N^2) float32: (x, y, 1) of pixel corners, then centres, arcsec
+    centres: np.ndarray      # (2, N^2) float64 pixel centres, arcsec (row-major)
+    axis: np.ndarray         # (N,) pixel-centre coordinate along either axis, arcsec
+    sub: np.ndarray          # (2, s^2) float64 sub-pixel offsets from the pixel centre, arcsec
+    block_of_pixel: np.ndarray  # (N, N) flat block index of every pixel
+    block_centres: np.ndarray   # (3, nb^2) float64: (x, y, 1) of block centres, arcsec
+    block_half_diag: np.ndarray  # (nb^2,) arcsec: the farthest a block point lies from its centre
+    block_area: np.ndarray       # (nb^2,) arcsec^2
+    block_lo: np.ndarray         # (2, nb^2) arcsec, lower x/y edges
+    block_hi: np.ndarray         # (2, nb^2) arcsec, upper x/y edges
 
 
 @lru_cache(maxsize=32)
-def _grid(stamp_size: int, pixscale: float, supersample: int, dtype=np.float64) -> _Grid:
-    c = pixel_centers_arcsec(stamp_size, pixscale)
-    edges = np.append(c - 0.5 * pixscale, c[-1] + 0.5 * pixscale)
-    o = subpixel_offsets_arcsec(supersample, pixscale)
-    cx, cy = np.meshgrid(c, c)
+def _plan(stamp_size: int, pixscale: float, supersample: int) -> _Plan:
+    n, h = stamp_size, pixscale
+    c = pixel_centers_arcsec(n, h)
+    edges = np.append(c - 0.5 * h, c[-1] + 0.5 * h)
     ex, ey = np.meshgrid(edges, edges)
+    cx, cy = np.meshgrid(c, c)
+    xy = np.concatenate([np.stack([ex.ravel(), ey.ravel()]), np.stack([cx.ravel(), cy.ravel()])], axis=1)
+    coarse = np.vstack([xy, np.ones((1, xy.shape[1]))]).astype(np.float32)
+    o = subpixel_offsets_arcsec(supersample, h)
     ox, oy = np.meshgrid(o, o)
-    arrays = tuple(a.astype(dtype) for a in (cx, cy, ex, ey, ox.ravel(), oy.ravel()))
-    for a in arrays:
+    nb = -(-n // BLOCK_PIX)
+    starts = np.arange(nb) * BLOCK_PIX
+    stops = np.minimum(starts + BLOCK_PIX, n)
+    lo1, hi1 = edges[starts], edges[stops]  # block edges along one axis
+    lo_x, lo_y = np.meshgrid(lo1, lo1)
+    hi_x, hi_y = np.meshgrid(hi1, hi1)
+    ii = np.arange(n) // BLOCK_PIX
+    arrays = dict(coarse_xy1=coarse, centres=np.stack([cx.ravel(), cy.ravel()]), axis=c,
+                  sub=np.stack([ox.ravel(), oy.ravel()]), block_of_pixel=ii[:, None] * nb + ii[None, :],
+                  block_centres=np.stack([(0.5 * (lo_x + hi_x)).ravel(), (0.5 * (lo_y + hi_y)).ravel(),
+                                          np.ones(nb * nb)]),
+                  block_half_diag=0.5 * np.hypot(hi_x - lo_x, hi_y - lo_y).ravel(),
+                  block_area=((hi_x - lo_x) * (hi_y - lo_y)).ravel(),
+                  block_lo=np.stack([lo_x.ravel(), lo_y.ravel()]), block_hi=np.stack([hi_x.ravel(), hi_y.ravel()]))
+    for a in arrays.values():
         a.setflags(write=False)
-    return _Grid(*arrays)
+    return _Plan(n=n, pixscale=h, supersample=supersample, **arrays)
 
 
-def _full_grid(stamp_size, pixscale, supersample):
-    """(N^2, s^2) sub-pixel x and y, row-major over pixels (exact path)."""
-    g = _grid(stamp_size, pixscale, supersample)
-    return (g.centres_x.reshape(-1, 1) + g.sub_dx[None, :], g.centres_y.reshape(-1, 1) + g.sub_dy[None, :])
+# ----------------------------------------------------------------------------- ray shooting and sources
+def _frame_coords(ray_map, coeffs, xy1, dtype) -> np.ndarray:
+    """(P, 2, m) source-frame coordinates of the points ``xy1`` (3, m) (arcsec), in ``dtype``.
+
+    ``coeffs`` (2P, 5) are the frames as functions of (x, y, 1, A, B) (``RayMap.functional``).
+    """
+    m = xy1.shape[1]
+    basis = np.empty((5, m), dtype=dtype)
+    basis[:3] = xy1
+    ray_map.angular_terms(ray_map.frame.astype(dtype) @ basis[:3], out=basis[3:])
+    return (coeffs.astype(dtype) @ basis).reshape(-1, 2, m)
 
 
-# ----------------------------------------------------------------------------- numpy engine
-def _lens_params(lenses) -> np.ndarray:
-    """(T, 7) float64: theta_e, q, phi_rad, gamma1, gamma2, center_x, center_y per lens."""
-    return np.array([(le.theta_e, le.q, le.phi_rad, le.gamma1, le.gamma2, le.center_x, le.center_y)
-                     for le in lenses], dtype=np.float64)
+def _frame_sb(reps, uv) -> np.ndarray:
+    """(P, m) surface brightness (flux per arcsec^2) of each source from its frame coordinates (uv scratch)."""
+    kinds = [type(r) for r in reps]
+    if all(k is kinds[0] for k in kinds):  # the usual case: one profile type, one vectorised call
+        return kinds[0].frame_sb(reps, uv)
+    out = np.empty(uv[:, 0].shape, dtype=uv.dtype)
+    for kind in set(kinds):
+        idx = [j for j, k in enumerate(kinds) if k is kind]
+        out[idx] = kind.frame_sb([reps[j] for j in idx], uv[idx])
+    return out
 
 
-def _ray_shoot(params, x, y):
-    """Source-plane positions of (x, y) (arcsec); ``params`` (..., 7) broadcast against x (see _lens_params)."""
-    ax, ay = sie_shear_deflection(x, y, *(params[..., k] for k in range(7)))
-    return x - ax, y - ay
+# ----------------------------------------------------------------------------- adaptive pass
+def _may_cull(plan, ray_map, reps, cull_tol) -> bool:
+    """Whether block culling can drop anything: some image point of the stamp maps beyond every source's
+    ``cull_radius`` at the per-block flux share. Scalar bounds only, so skipping is cheap (culling is
+    then simply not tried: always safe)."""
+    q, eps = ray_map.q, ray_map.eps
+    alpha_max = float(np.abs(ray_map.angular[0]).sum()) * math.hypot(math.atan(eps / q), math.atanh(min(eps, 1 - 1e-12)))
+    half = 0.5 * plan.n * plan.pixscale  # half side of the stamp, arcsec
+    share = cull_tol / (plan.block_area.size * plan.block_area.max())  # per arcsec^2 of an average block
+    for rep in reps:
+        d = rep.cull_radius(share * rep.flux) / rep.frame_shrink  # source-plane arcsec
+        # |beta - c| >= (1 - |gamma|) |theta| - alpha_max - |c|: beyond r_img nothing reaches the source
+        r_img = (d + math.hypot(rep.center_x, rep.center_y) + alpha_max) / max(1.0 - ray_map.gamma, 1e-12)
+        if not r_img < half:
+            return False
+    return True
 
 
-def _sersic_params(sources) -> np.ndarray:
-    """(P, 8) float64 columns in the argument order of :func:`sersic_sb_arrays` after (x, y)."""
-    return np.array([(s.i_e, s.r_eff, s.n, *s.q_phi, s.center_x, s.center_y, sersic_b_n(s.n)) for s in sources],
-                    dtype=np.float64).reshape(-1, 8)
+def _active_blocks(plan, ray_map, reps, cull_tol) -> np.ndarray:
+    """(nb^2,) bool: blocks that may hold more than their share of ``cull_tol`` of some source's flux.
+
+    A block's source-plane footprint lies within ``lipschitz * half_diagonal`` of its centre's
+    ray; its surface brightness is then at most ``sb_bound`` of the smallest frame radius that
+    footprint can reach. Blocks are dropped, faintest bound first, while the bounds of the
+    dropped blocks add up to at most ``cull_tol`` of the source's intrinsic flux.
+    """
+    lo, hi = plan.block_lo, plan.block_hi
+    cx, cy = ray_map.center
+    gap = np.hypot(np.maximum(np.maximum(lo[0] - cx, cx - hi[0]), 0.0), np.maximum(np.maximum(lo[1] - cy, cy - hi[1]), 0.0))
+    reach = ray_map.lipschitz(gap) * plan.block_half_diag  # arcsec in the source plane
+    uv = _frame_coords(ray_map, ray_map.functional(np.concatenate([r.frame_matrix() for r in reps])),
+                       plan.block_centres, np.float64)
+    active = np.zeros(plan.block_area.shape, dtype=bool)
+    for j, rep in enumerate(reps):
+        rho = np.hypot(uv[j, 0], uv[j, 1]) - rep.frame_stretch * reach  # frame radius the footprint can reach
+        bound = np.nan_to_num(rep.sb_bound(rho) * plan.block_area)  # flux, an upper bound
+        order = np.argsort(bound)
+        keep = np.cumsum(bound[order]) > cull_tol * rep.flux
+        active[order[keep]] = True
+    return active
 
 
-def _sersic_eval(params, x, y):
-    return sersic_sb_arrays(x, y, *(params[..., k] for k in range(8)))
+def _coarse_pass(plan, ray_map, coeffs, reps, pixel_mask, refine_tol):
+    """5-point pixel values (P, N*N) float32 (flux per arcsec^2) and the pixels to supersample (N*N,) bool.
+
+    ``pixel_mask`` (N, N) bool: pixels of the kept blocks (None: all).
+    """
+    n, h = plan.n, plan.pixscale
+    n_c, n_pairs = (n + 1) ** 2, len(reps)
+    values = not all(rep.core_is_support for rep in reps)  # templates: supersampled wherever they reach, 0 elsewhere
+    if pixel_mask is None:  # every block kept: the whole lattice, no gathers
+        centre_idx = None
+        xy1 = plan.coarse_xy1 if values else plan.coarse_xy1[:, n_c:]
+    else:
+        centre_idx = np.flatnonzero(pixel_mask)
+        if values:
+            corner_mask = np.zeros((n + 1, n + 1), dtype=bool)
+            for di in (0, 1):
+                for dj in (0, 1):
+                    corner_mask[di:di + n, dj:dj + n] |= pixel_mask
+            corner_idx = np.flatnonzero(corner_mask)
+            xy1 = plan.coarse_xy1.take(np.concatenate([corner_idx, n_c + centre_idx]), axis=1)
+        else:
+            xy1 = plan.coarse_xy1.take(n_c + centre_idx, axis=1)
+    uv = _frame_coords(ray_map, coeffs, xy1, np.float32)
+    n_cen = n * n if centre_idx is None else centre_idx.size
+    uv_c = uv[:, :, uv.shape[2] - n_cen:]  # the pixel centres: last in every layout
+    # a pixel's footprint lies within |D beta| * half-diagonal of its centre's ray (RayMap.lipschitz):
+    # where that disk meets a source's core, a compact source may slip between the five rays
+    half_diag = h / math.sqrt(2.0)
+    ax = plan.axis.astype(np.float32)
+    r = np.add.outer((ax - np.float32(ray_map.center[1])) ** 2, (ax - np.float32(ray_map.center[0])) ** 2).ravel()
+    if centre_idx is not None:
+        r = r.take(centre_idx)
+    np.sqrt(r, out=r)
+    r -= np.float32(half_diag)
+    np.maximum(r, np.float32(1e-2), out=r)  # closer pixels are inside the centre guard anyway
+    two_kappa = np.divide(np.float32(ray_map.theta_e / math.sqrt(ray_map.q)), r, out=r)  # bound at r_min
+    two_kappa -= np.float32(1.0)
+    reach = np.maximum(two_kappa, np.float32(1.0), out=two_kappa)
+    reach += np.float32(ray_map.gamma)
+    reach *= np.float32(half_diag)
+    near = reps[0].near_core(uv_c[0, 0], uv_c[0, 1], np.float32(reps[0].frame_stretch) * reach)
+    for j in range(1, n_pairs):
+        near |= reps[j].near_core(uv_c[j, 0], uv_c[j, 1], np.float32(reps[j].frame_stretch) * reach)
+    if values:
+        f = _frame_sb(reps, uv)
+        if centre_idx is None:
+            f_c, f_p = f[:, :n_c].reshape(n_pairs, n + 1, n + 1), f[:, n_c:]
+        else:
+            f_c = np.zeros((n_pairs, n_c), dtype=np.float32)
+            f_c[:, corner_idx] = f[:, :corner_idx.size]
+            f_c = f_c.reshape(n_pairs, n + 1, n + 1)
+            f_p = np.zeros((n_pairs, n * n), dtype=np.float32)
+            f_p[:, centre_idx] = f[:, corner_idx.size:]
+        # 2/3 f(centre) + 1/3 mean f(corners) is the pixel mean to O(h^4) (the h^2 terms cancel);
+        # |f(centre) - mean f(corners)| ~ h^2 |laplacian f| / 8 says how far from that regime it is
+        corners = f_c[:, :-1, :-1] + f_c[:, 1:, :-1]
+        corners += f_c[:, :-1, 1:]
+        corners += f_c[:, 1:, 1:]
+        corners = corners.reshape(n_pairs, n * n)
+        corners *= np.float32(0.25)
+        indicator = np.subtract(f_p, corners)
+        np.abs(indicator, out=indicator)
+        pix = f_p * np.float32(2.0 / 3.0)
+        corners *= np.float32(1.0 / 3.0)
+        pix += corners
+        active = (indicator > np.float32(refine_tol) * pix.max(axis=1, keepdims=True)).any(axis=0)
+        if centre_idx is not None:  # culled pixels stay 0 (their corners next to kept pixels were evaluated)
+            pix *= pixel_mask.reshape(1, n * n)
+    else:
+        pix = np.zeros((n_pairs, n * n), dtype=np.float32)
+        active = np.zeros(n * n, dtype=bool)
+    if centre_idx is None:
+        active |= near
+    else:
+        active[centre_idx] |= near
+    # where the ray map folds (around the lens centre), always supersample
+    active2 = active.reshape(n, n)
+    guard, origin = (_CENTRE_GUARD_PIX + 0.5), 0.5 * (n - 1)
+    c0, c1 = (math.ceil(ray_map.center[0] / h + origin - guard - 1e-9), math.floor(ray_map.center[0] / h + origin + guard + 1e-9))
+    r0, r1 = (math.ceil(ray_map.center[1] / h + origin - guard - 1e-9), math.floor(ray_map.center[1] / h + origin + guard + 1e-9))
+    if c1 >= 0 and r1 >= 0 and c0 < n and r0 < n:
+        active2[max(r0, 0):r1 + 1, max(c0, 0):c1 + 1] = True
+    if pixel_mask is not None:
+        active2 &= pixel_mask
+    return pix, active
+
+
+def _fine_pass(plan, ray_map, coeffs, reps, pixels, dtype) -> np.ndarray:
+    """(P, len(pixels)) mean surface brightness over the s x s sub-pixels of each pixel (flux per arcsec^2)."""
+    s2 = plan.supersample**2
+    out = np.empty((len(reps), pixels.size), dtype=np.float64)
+    step = max(1, _FINE_CHUNK_RAYS // s2)
+    for a in range(0, pixels.size, step):  # chunks: the (5, m) basis and the frames stay in cache
+        chunk = pixels[a:a + step]
+        xy1 = np.empty((3, s2, chunk.size), dtype=dtype)
+        np.add(plan.sub[0][:, None], plan.centres[0].take(chunk)[None, :], out=xy1[0])
+        np.add(plan.sub[1][:, None], plan.centres[1].take(chunk)[None, :], out=xy1[1])
+        xy1[2] = 1.0
+        f = _frame_sb(reps, _frame_coords(ray_map, coeffs, xy1.reshape(3, -1), dtype))
+        out[:, a:a + chunk.size] = f.reshape(len(reps), s2, chunk.size).sum(axis=1, dtype=np.float64)
+    out *= 1.0 / s2
+    return out
+
+
+def _render_task_sb(plan, lens, sources, adaptive, refine_tol, cull_tol) -> np.ndarray:
+    """Unconvolved lensed images of one task, (B, N, N) float64 flux per pixel (inputs validated)."""
+    n = plan.n
+    groups = _unique_shapes(sources)
+    reps = [rep for rep, _ in groups]
+    ray_map = lens.ray_map
+    coeffs = ray_map.functional(np.concatenate([r.frame_matrix() for r in reps]))  # (2P, 5)
+    if not adaptive or plan.supersample == 1:  # exact: every sub-pixel of every pixel, float64
+        pix = _fine_pass(plan, ray_map, coeffs, reps, np.arange(n * n), np.float64)
+    else:
+        blocks = _active_blocks(plan, ray_map, reps, cull_tol) if _may_cull(plan, ray_map, reps, cull_tol) else None
+        pixel_mask = None if blocks is None or blocks.all() else blocks[plan.block_of_pixel]
+        if pixel_mask is not None and not pixel_mask.any():
+            pix = np.zeros((len(reps), n * n))
+        else:
+            coarse, active = _coarse_pass(plan, ray_map, coeffs, reps, pixel_mask, refine_tol)
+            pix = coarse.astype(np.float64)
+            idx = np.flatnonzero(active)
+            pix[:, idx] = _fine_pass(plan, ray_map, coeffs, reps, idx, np.float32)
+    pix *= plan.pixscale**2
+    out = np.empty((len(sources), n, n))
+    for j, (_, members) in enumerate(groups):
+        for b, scale in members:
+            np.multiply(pix[j].reshape(n, n), scale, out=out[b])
+    return out
 
 
 def _unique_shapes(sources):
@@ -159,110 +356,21 @@ def _unique_shapes(sources):
     return out
 
 
-def _footprint_boxes(bx_c, by_c, bx_p, by_p):
-    """Source-plane bounding boxes (x_lo, x_hi, y_lo, y_hi) of each pixel from its corner and centre rays."""
-    sx = (bx_c[..., :-1, :-1], bx_c[..., 1:, :-1], bx_c[..., :-1, 1:], bx_c[..., 1:, 1:], bx_p)
-    sy = (by_c[..., :-1, :-1], by_c[..., 1:, :-1], by_c[..., :-1, 1:], by_c[..., 1:, 1:], by_p)
-    return np.minimum.reduce(sx), np.maximum.reduce(sx), np.minimum.reduce(sy), np.maximum.reduce(sy)
-
-
-def _exact_sb(lens, sources, stamp_size, pixscale, supersample):
-    n = stamp_size
-    g = _grid(stamp_size, pixscale, supersample)
-    x = g.centres_x.reshape(-1, 1) + g.sub_dx[None, :]
-    y = g.centres_y.reshape(-1, 1) + g.sub_dy[None, :]
-    sx, sy = _ray_shoot(_lens_params([lens])[0], x, y)
-    out = np.zeros((len(sources), n, n))
-    for src, members in _unique_shapes(sources):
-        pix = surface_brightness(src, sx, sy).mean(axis=1).reshape(n, n)
-        for b, scale in members:
-            out[b] = pix * scale
-    return out * pixscale**2
-
-
 def render_sb_batch(lenses, sources_per_task, stamp_size, pixscale, supersample, adaptive=True,
-                    refine_tol=DEFAULT_REFINE_TOL) -> list[np.ndarray]:
+                    refine_tol=DEFAULT_REFINE_TOL, cull_tol=DEFAULT_CULL_TOL) -> list[np.ndarray]:
     """Unconvolved lensed images of many tasks: list of (B_t, N, N) float64, flux per pixel.
 
-    Inputs must be validated. The adaptive path is vectorised over tasks: every array op runs
-    once per batch, each point carrying its task's lens and source parameters.
+    Inputs must be validated (see :func:`render_arc_bands` for the parameters).
     """
-    if not adaptive or supersample == 1:
-        return [_exact_sb(le, s, stamp_size, pixscale, supersample) for le, s in zip(lenses, sources_per_task,
-                                                                                     strict=True)]
-    n, n2, s2, n_tasks = stamp_size, stamp_size * stamp_size, supersample * supersample, len(lenses)
-    g = _grid(stamp_size, pixscale, supersample, np.float32)  # float32: ~1e-6 relative, ample for 2e-3
-    lp = _lens_params(lenses).astype(np.float32)
-    bx_c, by_c = _ray_shoot(lp[:, None, None, :], g.corners_x, g.corners_y)  # (T, N+1, N+1)
-    bx_p, by_p = _ray_shoot(lp[:, None, None, :], g.centres_x, g.centres_y)  # (T, N, N)
-    pairs = [(t, src, members) for t, srcs in enumerate(sources_per_task) for src, members in _unique_shapes(srcs)]
-    t_of_pair = np.array([t for t, _, _ in pairs])
-    sersic = [j for j, (_, s, _) in enumerate(pairs) if isinstance(s, SersicSource)]
-    others = [j for j in range(len(pairs)) if j not in set(sersic)]
-    # coarse pass: centre and corner samples of every pair's source
-    pix = np.empty((len(pairs), n, n), dtype=np.float64)
-    indicator = np.empty((len(pairs), n, n), dtype=np.float64)
-    if sersic:
-        sp = _sersic_params([pairs[j][1] for j in sersic]).astype(np.float32)
-        tj = t_of_pair[sersic]
-        pix[sersic], indicator[sersic] = _five_point(_sersic_eval(sp[:, None, None, :], bx_c[tj], by_c[tj]),
-                                                     _sersic_eval(sp[:, None, None, :], bx_p[tj], by_p[tj]))
-    for j in others:
-        t, src = pairs[j][0], pairs[j][1]
-        pix[j], indicator[j] = _five_point(surface_brightness(src, bx_c[t], by_c[t]),
-                                           surface_brightness(src, bx_p[t], by_p[t]))
-    # active pixels: curvature indicator above refine_tol x the brightest pixel, footprint box
-    # meeting the source core, or near the lens centre
-    x_lo, x_hi, y_lo, y_hi = (a[t_of_pair] for a in _footprint_boxes(bx_c, by_c, bx_p, by_p))
-    core = np.array([(s.center_x, s.center_y, s.core_radius()) for _, s, _ in pairs], dtype=np.float32)
-    core = core[:, :, None, None]
-    gx = np.maximum(np.maximum(x_lo - core[:, 0], core[:, 0] - x_hi), 0.0)
-    gy = np.maximum(np.maximum(y_lo - core[:, 1], core[:, 1] - y_hi), 0.0)
-    sharp = (gx * gx + gy * gy <= core[:, 2] ** 2) | (indicator > refine_tol * pix.max(axis=(1, 2), keepdims=True))
-    first_pair = np.searchsorted(t_of_pair, np.arange(n_tasks))
-    active = np.logical_or.reduceat(sharp, first_pair, axis=0)
-    guard = (_CENTRE_GUARD_PIX + 0.5) * pixscale
-    active |= ((np.abs(g.centres_x - lp[:, 5, None, None]) <= guard)
-               & (np.abs(g.centres_y - lp[:, 6, None, None]) <= guard))
-    idx = np.flatnonzero(active)
-    t_of, p_of = np.divmod(idx, n2)
-    rows_of_task = np.searchsorted(t_of, np.arange(n_tasks + 1))
-    sx, sy = _ray_shoot(lp[t_of, None, :], g.centres_x.ravel()[p_of, None] + g.sub_dx,
-                        g.centres_y.ravel()[p_of, None] + g.sub_dy)  # (A, s^2)
-    # fine pass: the s x s sub-pixel mean replaces the 5-point value on active pixels
-    if sersic:
-        lengths = rows_of_task[tj + 1] - rows_of_task[tj]
-        k_of_row = np.repeat(np.arange(len(sersic)), lengths)
-        rows = np.arange(lengths.sum()) + np.repeat(rows_of_task[tj] - np.cumsum(lengths) + lengths, lengths)
-        f_sub = _sersic_eval(sp[k_of_row, None, :], sx[rows], sy[rows])
-        pix.reshape(len(pairs), n2)[np.asarray(sersic)[k_of_row], p_of[rows]] = f_sub.sum(axis=1, dtype=np.float64) / s2
-    for j in others:
-        t, src = pairs[j][0], pairs[j][1]
-        a, b = rows_of_task[t], rows_of_task[t + 1]
-        pix[j].ravel()[p_of[a:b]] = surface_brightness(src, sx[a:b], sy[a:b]).sum(axis=1, dtype=np.float64) / s2
-    pix *= pixscale**2
-    out = [np.zeros((len(srcs), n, n)) for srcs in sources_per_task]
-    for j, (t, _, members) in enumerate(pairs):
-        for b, scale in members:
-            out[t][b] = pix[j] * scale
-    return out
+    plan = _plan(stamp_size, pixscale, supersample)
+    return [_render_task_sb(plan, le, srcs, adaptive, refine_tol, cull_tol)
+            for le, srcs in zip(lenses, sources_per_task, strict=True)]
 
 
-def _five_point(f_c, f_p):
-    """Pixel means from centre and corner samples, and a curvature indicator (both float64).
-
-    ``2/3 f(centre) + 1/3 mean f(corners)`` is the pixel mean to O(h^4) (the h^2 terms cancel);
-    ``|f(centre) - mean f(corners)| ~ h^2 |laplacian f| / 8`` measures how far from that regime
-    the pixel is.
-    """
-    f_p = f_p.astype(np.float64)
-    corners = 0.25 * (f_c[..., :-1, :-1] + f_c[..., 1:, :-1] + f_c[..., :-1, 1:] + f_c[..., 1:, 1:])
-    return (2.0 / 3.0) * f_p + (1.0 / 3.0) * corners, np.abs(f_p - corners)
-
-
-def render_sb_bands(lens, sources, stamp_size, pixscale, supersample, adaptive=True, refine_tol=DEFAULT_REFINE_TOL):
+def render_sb_bands(lens, sources, stamp_size, pixscale, supersample, adaptive=True, refine_tol=DEFAULT_REFINE_TOL,
+                    cull_tol=DEFAULT_CULL_TOL):
     """Unconvolved lensed images of one task, (B, N, N) float64 flux per pixel (inputs validated)."""
-    return render_sb_batch([lens], [sources], stamp_size, pixscale, supersample, adaptive, refine_tol)[0]
+    return _render_task_sb(_plan(stamp_size, pixscale, supersample), lens, sources, adaptive, refine_tol, cull_tol)
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -312,7 +420,7 @@ def convolve_same(images: np.ndarray, psfs, dtype=np.float64) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- engines
 def _numpy_engine(lens, sources, psfs, stamp_size, pixscale, supersample, adaptive, refine_tol):
-    sb = render_sb_bands(lens, sources, stamp_size, pixscale, supersample, adaptive, refine_tol)
+    sb = render_sb_bands(lens, sources, stamp_size, pixscale, supersample, adaptive, refine_tol, DEFAULT_CULL_TOL)
     return convolve_same(sb, psfs, _fft_dtype(adaptive)), float(sb[0].sum())
 
 

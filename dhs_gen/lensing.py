@@ -19,12 +19,24 @@ an exact oracle in tests and an alternative render engine:
 The lens centre (psi = 0) is a removable 0/0: there the deflection is set to 0 (the limit of
 the cored model), so no NaN reaches an image. For q -> 1 the ratio arctan(eps t)/eps tends to
 t; ``eps`` is floored at 1e-8 so the round case (SIS) deflects by theta_e to double precision.
+
+Fast rendering form (:class:`RayMap`)
+    Everything in the lens equation but two transcendental terms is affine in the image-plane
+    position: ``beta = affine @ (x, y, 1) - angular @ (A, B)`` with ``A = arctan(eps x'/psi)``
+    and ``B = arctanh(eps y'/psi)``. A renderer that only needs affine functions of ``beta``
+    (a source's own frame) folds them into one small matrix product (:meth:`RayMap.functional`),
+    so a ray costs one sqrt, one arctan and one arctanh plus a dozen multiply-adds.
+    :meth:`RayMap.lipschitz` bounds ``|D beta|``: for an isothermal potential the Hessian has
+    eigenvalues 0 and 2 kappa (psi is homogeneous of degree 1), so
+    ``|D beta| <= max(1, 2 kappa - 1) + |gamma|`` with ``2 kappa <= theta_e / (sqrt(q) r)`` at
+    distance ``r`` from the lens centre.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -81,10 +93,108 @@ class SIEShear:
         """Position angle of the major axis, radians from +x towards +y."""
         return 0.5 * math.atan2(self.e2, self.e1)
 
+    @cached_property
+    def ray_map(self) -> RayMap:
+        """The lens equation in the fast rendering form (module docstring)."""
+        return RayMap.of(self)
+
     def lenstronomy_kwargs(self) -> list[dict]:
         """``kwargs_lens`` for ``LensModel(["SIE", "SHEAR"])`` describing the same lens."""
         return [dict(theta_E=self.theta_e, e1=self.e1, e2=self.e2, center_x=self.center_x, center_y=self.center_y),
                 dict(gamma1=self.gamma1, gamma2=self.gamma2, ra_0=0.0, dec_0=0.0)]
+
+
+@dataclass(frozen=True, eq=False)
+class RayMap:
+    """``beta = affine @ (x, y, 1) - angular @ (A, B)`` for one :class:`SIEShear` (arcsec).
+
+    ``(X, Y) = frame @ (x, y, 1)`` are ``(q x', y')`` in the major-axis frame (arcsec);
+    ``psi = hypot(X, Y)``, ``A = arctan((eps / q) X / psi)``, ``B = arctanh(eps Y / psi)``
+    (dimensionless). Build with :meth:`of` (or ``SIEShear.ray_map``).
+
+    Attributes
+    ----------
+    frame : ndarray (2, 3)
+        Rows give X and Y (arcsec) from (x, y, 1).
+    q, eps : float
+        Axis ratio and ``max(sqrt(1 - q^2), 1e-8)``.
+    affine : ndarray (2, 3)
+        ``(1 - Gamma) (x, y)``: the shear and the identity (arcsec from arcsec).
+    angular : ndarray (2, 2)
+        ``theta_e sqrt(q) / eps R(phi)``: the SIE deflection from (A, B), arcsec.
+    theta_e, gamma : float
+        Einstein radius (arcsec) and ``|gamma|``, for :meth:`lipschitz`.
+    center : (float, float)
+        Lens centre, arcsec.
+    """
+
+    frame: np.ndarray
+    q: float
+    eps: float
+    affine: np.ndarray
+    angular: np.ndarray
+    theta_e: float
+    gamma: float
+    center: tuple
+
+    @classmethod
+    def of(cls, lens: SIEShear) -> RayMap:
+        c, s, q = math.cos(lens.phi_rad), math.sin(lens.phi_rad), lens.q
+        cx, cy = lens.center_x, lens.center_y
+        eps = max(math.sqrt(max(1.0 - q * q, 0.0)), _EPS_FLOOR)
+        frame = np.array([[q * c, q * s, -q * (c * cx + s * cy)], [-s, c, s * cx - c * cy]])
+        g1, g2 = lens.gamma1, lens.gamma2
+        affine = np.array([[1.0 - g1, -g2, 0.0], [-g2, 1.0 + g1, 0.0]])
+        scale = lens.theta_e * math.sqrt(q) / eps
+        angular = scale * np.array([[c, -s], [s, c]])
+        return cls(frame, q, eps, affine, angular, lens.theta_e, math.hypot(g1, g2), (cx, cy))
+
+    def functional(self, rows: np.ndarray) -> np.ndarray:
+        """Coefficients over ``(x, y, 1, A, B)`` of affine functions of beta.
+
+        Parameters
+        ----------
+        rows : ndarray (k, 3)
+            Each row ``(a, b, c)`` is the function ``a beta_x + b beta_y + c`` (beta in arcsec).
+
+        Returns
+        -------
+        ndarray (k, 5): the same functions of the image-plane position (arcsec) and of A, B.
+        """
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+        lin = rows[:, :2] @ self.affine
+        lin[:, 2] += rows[:, 2]
+        return np.concatenate([lin, -rows[:, :2] @ self.angular], axis=1)
+
+    def angular_terms(self, xy: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Fill ``out`` (2, n) with (A, B) at the points whose ``(X, Y) = frame @ (x, y, 1)`` are ``xy``.
+
+        ``xy`` (2, n) is overwritten (scratch); float32 or float64, the dtype of ``out``.
+        """
+        big_x, big_y = xy
+        a, b = out
+        np.multiply(big_x, big_x, out=a)
+        np.multiply(big_y, big_y, out=b)
+        a += b
+        a += np.finfo(a.dtype).tiny  # lens centre: psi = sqrt(tiny), X = Y = 0, so A = B = 0 (no 0/0)
+        np.sqrt(a, out=a)
+        np.divide(self.eps, a, out=a)  # eps / psi
+        np.multiply(big_y, a, out=b)
+        np.arctanh(b, out=b)
+        big_x *= a
+        np.multiply(big_x, 1.0 / self.q, out=a)  # X / q = x'
+        np.arctan(a, out=a)
+        return out
+
+    def lipschitz(self, r_min):
+        """Upper bound of ``|D beta|`` (operator norm) at distance >= ``r_min`` (arcsec) from the lens centre.
+
+        Infinite at ``r_min <= 0``. Dimensionless, the array shape of ``r_min``.
+        """
+        r_min = np.asarray(r_min, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            two_kappa = np.where(r_min > 0, self.theta_e / (math.sqrt(self.q) * np.maximum(r_min, 0.0)), np.inf)
+        return np.maximum(1.0, two_kappa - 1.0) + self.gamma
 
 
 def sie_shear_deflection(x, y, theta_e, q, phi_rad, gamma1, gamma2, center_x, center_y):

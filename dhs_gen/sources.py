@@ -18,6 +18,16 @@ Template (COSMOS, deep-field banks, Gen7 hybrids)
     counter-clockwise by ``rotation_rad``. The surface brightness is the bilinear interpolant of
     ``image / pixscale^2`` with zeros one pixel beyond the edge (lenstronomy ``INTERPOL``),
     scaled so that its integral, ``sum(image) * pixscale^2`` before scaling, equals ``flux``.
+
+Frame interface (fast rendering, :mod:`dhs_gen.injection`)
+    Each source also describes itself in its own *frame*: two affine functions ``(U, V) =
+    frame_matrix() @ (x, y, 1)`` of the source-plane position in which the profile is simple
+    (Sersic: ``U^2 + V^2 = (R / r_eff)^2``; template: template pixels about its centre). With
+    :meth:`dhs_gen.lensing.RayMap.functional` the frame is reached from the image plane by one
+    small matrix product. ``frame_sb(sources, uv)`` evaluates a group of same-type sources;
+    ``near_core`` says where supersampling is mandatory; ``sb_bound`` bounds the surface
+    brightness beyond a frame radius (for skipping empty blocks of a stamp);
+    ``frame_stretch``/``frame_shrink`` are the largest/smallest frame units per arcsec.
 """
 
 from __future__ import annotations
@@ -113,6 +123,65 @@ class SersicSource:
         """Semi-major axis (arcsec) of the half-light ellipse: always supersampled when rendering."""
         return self.r_eff / math.sqrt(self.q_phi[0])
 
+    def frame_matrix(self) -> np.ndarray:
+        """(2, 3): ``(U, V)`` from ``(x, y, 1)`` (arcsec) with ``U^2 + V^2 = (R / r_eff)^2`` (dimensionless)."""
+        q, phi = self.q_phi
+        c, s = math.cos(phi), math.sin(phi)
+        ku, kv = math.sqrt(q) / self.r_eff, 1.0 / (math.sqrt(q) * self.r_eff)
+        cx, cy = self.center_x, self.center_y
+        return np.array([[ku * c, ku * s, -ku * (c * cx + s * cy)], [-kv * s, kv * c, kv * (s * cx - c * cy)]])
+
+    @property
+    def frame_stretch(self) -> float:
+        """Largest frame units (r_eff) per arcsec: ``1 / (sqrt(q) r_eff)``."""
+        return 1.0 / (math.sqrt(self.q_phi[0]) * self.r_eff)
+
+    @property
+    def frame_shrink(self) -> float:
+        """Smallest frame units (r_eff) per arcsec: ``sqrt(q) / r_eff``."""
+        return math.sqrt(self.q_phi[0]) / self.r_eff
+
+    def near_core(self, u, v, margin):
+        """True where a disk of radius ``margin`` (frame units) about (u, v) meets the half-light ellipse."""
+        return u * u + v * v <= (1.0 + margin) ** 2
+
+    def sb_bound(self, rho):
+        """Upper bound of the surface brightness (flux per arcsec^2) at frame radius >= ``rho`` (r_eff)."""
+        rho = np.maximum(np.asarray(rho, dtype=np.float64), 0.0)
+        b = sersic_b_n(self.n)
+        return self.i_e * np.exp(b - b * rho ** (1.0 / self.n))
+
+    core_is_support = False  # only the half-light ellipse must be supersampled; elsewhere the 5-point rule
+
+    @cached_property
+    def _frame_params(self) -> np.ndarray:
+        """(3,) float64: ``1/(2n)``, ``-b_n`` and ``log(I_e) + b_n`` (the exponent's offset; -inf at zero flux)."""
+        b = sersic_b_n(self.n)
+        return np.array([0.5 / self.n, -b, (math.log(self.i_e) if self.i_e > 0 else -np.inf) + b])
+
+    @staticmethod
+    def frame_sb(sources, uv: np.ndarray) -> np.ndarray:
+        """Surface brightness (flux per arcsec^2) of P Sersic sources from their frame coordinates.
+
+        ``uv`` (P, 2, n) float32/float64 (U, V rows, overwritten as scratch); returns ``uv[:, 0]``.
+        """
+        params = np.array([s._frame_params for s in sources], dtype=uv.dtype)[:, :, None]  # (P, 3, 1)
+        u, v = uv[:, 0], uv[:, 1]
+        u *= u
+        v *= v
+        u += v  # (R / r_eff)^2
+        np.power(u, params[:, 0], out=u)  # (R / r_eff)^(1/n)
+        u *= params[:, 1]
+        u += params[:, 2]
+        return np.exp(u, out=u)  # I_e exp(b - b (R / r_eff)^(1/n))
+
+    def cull_radius(self, sb_floor: float) -> float:
+        """Frame radius (r_eff) beyond which the surface brightness is below ``sb_floor`` (flux per arcsec^2)."""
+        if sb_floor <= 0 or self.i_e <= 0:
+            return math.inf if self.i_e > 0 else 0.0
+        b = sersic_b_n(self.n)
+        return max(1.0 + math.log(self.i_e / sb_floor) / b, 0.0) ** self.n
+
     def lenstronomy(self) -> tuple[str, dict]:
         """(lenstronomy light profile name, kwargs) of the same profile (exact b_n required there)."""
         return "SERSIC_ELLIPSE", dict(amp=self.i_e, R_sersic=self.r_eff, n_sersic=self.n, e1=self.e1, e2=self.e2,
@@ -177,6 +246,57 @@ class TemplateSource:
     def sb_image(self) -> np.ndarray:
         """Template samples in surface brightness (flux per arcsec^2) integrating to ``flux``."""
         return self.image * (self.flux / (self.image.sum() * self.pixscale**2))
+
+    @cached_property
+    def _padded_sb(self) -> np.ndarray:
+        """``sb_image`` with two rings of zeros: clipped lookups beyond the support land on zeros."""
+        padded = np.pad(self.sb_image, _TEMPLATE_PAD)
+        padded.setflags(write=False)
+        return padded
+
+    def frame_matrix(self) -> np.ndarray:
+        """(2, 3): ``(U, V)`` template pixels along its rotated axes, from the template centre, from ``(x, y, 1)``."""
+        c, s, k = math.cos(self.rotation_rad), math.sin(self.rotation_rad), 1.0 / self.pixscale
+        cx, cy = self.center_x, self.center_y
+        return np.array([[k * c, k * s, -k * (c * cx + s * cy)], [-k * s, k * c, k * (s * cx - c * cy)]])
+
+    @property
+    def frame_stretch(self) -> float:
+        """Template pixels per arcsec."""
+        return 1.0 / self.pixscale
+
+    frame_shrink = frame_stretch
+    core_is_support = True  # a template may be sharp anywhere: supersample wherever it can reach
+
+    def cull_radius(self, sb_floor: float) -> float:
+        """Frame radius (template pixels) beyond which the surface brightness is 0."""
+        h, w = self.image.shape
+        return 0.5 * math.hypot(w + 1, h + 1)
+
+    def near_core(self, u, v, margin):
+        """True where a disk of radius ``margin`` (template pixels) about (u, v) meets the support.
+
+        The whole support is the core: a template may be sharp anywhere on it.
+        """
+        h, w = self.image.shape
+        return (np.abs(u) <= 0.5 * (w + 1) + margin) & (np.abs(v) <= 0.5 * (h + 1) + margin)
+
+    def sb_bound(self, rho):
+        """Upper bound of the surface brightness (flux per arcsec^2) at frame radius >= ``rho`` (template pixels)."""
+        h, w = self.image.shape
+        peak = max(float(self.sb_image.max()), 0.0)
+        return np.where(np.asarray(rho) <= 0.5 * math.hypot(w + 1, h + 1), peak, 0.0)
+
+    @staticmethod
+    def frame_sb(sources, uv: np.ndarray) -> np.ndarray:
+        """Bilinear surface brightness (flux per arcsec^2) of P templates from frame coordinates.
+
+        ``uv`` (P, 2, n) as :meth:`SersicSource.frame_sb`; returns (P, n) in the dtype of ``uv``.
+        """
+        out = np.empty(uv[:, 0].shape, dtype=uv.dtype)
+        for p, src in enumerate(sources):
+            out[p] = _bilinear_padded(src._padded_sb, uv[p, 0], uv[p, 1])
+        return out
 
     def lenstronomy(self) -> tuple[str, dict]:
         """(lenstronomy light profile name, kwargs) of the same profile."""
@@ -248,6 +368,43 @@ def bilinear_zero_outside(img, col, row):
     v = ((padded[r0, c0] * (1 - fc) + padded[r0, c0 + 1] * fc) * (1 - fr)
          + (padded[r0 + 1, c0] * (1 - fc) + padded[r0 + 1, c0 + 1] * fc) * fr)
     return np.where(inside, v, 0.0)
+
+
+_TEMPLATE_PAD = 2
+
+
+def _bilinear_padded(padded, u, v):
+    """Bilinear interpolation at template-frame (u, v) of an image padded by ``_TEMPLATE_PAD`` zero rings.
+
+    Positions are clipped into the zero rings, so every lookup is in bounds and anything a
+    pixel or more beyond the edge pixel centres reads exactly 0 (same values as
+    :func:`bilinear_zero_outside`).
+    """
+    hp, wp = padded.shape
+    col = u + (0.5 * (wp - 1))  # template centre -> padded pixel index
+    row = v + (0.5 * (hp - 1))
+    np.clip(col, 0.0, wp - 1.5, out=col)  # into the zero rings, floor <= wp - 2
+    np.clip(row, 0.0, hp - 1.5, out=row)
+    c0 = col.astype(np.intp)
+    r0 = row.astype(np.intp)
+    col -= c0
+    row -= r0
+    flat = r0 * wp + c0
+    img = padded.ravel()
+    top = img.take(flat)
+    top_right = img.take(flat + 1)
+    top_right -= top
+    top_right *= col
+    top += top_right  # along the row at r0
+    bottom = img.take(flat + wp)
+    bottom_right = img.take(flat + wp + 1)
+    bottom_right -= bottom
+    bottom_right *= col
+    bottom += bottom_right  # at r0 + 1
+    bottom -= top
+    bottom *= row
+    top += bottom
+    return top.astype(u.dtype, copy=False)
 
 
 def _template_sb(source: TemplateSource, x, y):
