@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("jobs.train", "train the lens-finder CNN on stamps Parquet (CPU or GPU)"),
     "score": ("jobs.score", "score stamps or anchors with a checkpoint (optional leakage masks)"),
     "evaluate": ("jobs.evaluate", "metrics.json, leakage and anchor gates, plots and report.html"),
+    "realism": ("jobs.realism", "sim-to-real realism gates: domain AUC, photometric gate, realism.html"),
     "completeness": ("jobs.completeness", "4d: selection function in theta_E x arc SNR x PSF x depth bins"),
     "emr": ("emr.cli:emr_main", "EMR: plan | launch | status | logs a cluster running the pipeline"),
     "cosmos-bank": ("jobs.banks:cosmos_bank_main", "Gen5: build a COSMOS source bank (HDF5) from a GalSim catalog"),

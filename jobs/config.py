@@ -70,7 +70,7 @@ class SourceConfig:
     r_eff_arcsec: tuple = (0.1, 0.5)
     n_sersic: tuple = (0.7, 2.0)
     q: tuple = (0.5, 1.0)
-    beta_frac: tuple = (0.05, 0.6)            # source offset |beta| / theta_E
+    beta_frac: tuple = (0.1, 1.0)             # source offset |beta| / theta_E (area-uniform)
     hybrid_clumps: bool = True                # Gen7b/7c
     hybrid_gradient: float = 0.15             # Gen7c colour-gradient strength (0 = none)
     hybrid_n_clumps: tuple = (2, 6)

@@ -65,4 +65,12 @@ def train_and_evaluate(out: Path, paths: dict, epochs: int, spark, shared: Path)
     gate = metrics.get("anchor_gate", {})
     if gate.get("available") is False:
         print(f"anchor gate: not run ({gate.get('reason')})", file=sys.stderr)
+
+    _step("realism gates")
+    from jobs.realism import headline as realism_headline
+    from jobs.realism import run_realism
+
+    realism = run_realism(str(paths["stamps"]), anchors, str(out / "realism"), checkpoint=ckpt, shared_data_dir=shared)
+    print(realism_headline(realism), file=sys.stderr)
+    headline["realism"] = {"domain_auc": realism.get("domain_auc"), "all_pass": realism.get("all_pass")}
     return headline

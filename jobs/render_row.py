@@ -31,13 +31,31 @@ def source_mags(row: dict) -> dict:
     return {"g": r + row["src_color_gr"], "r": r, "z": r - row["src_color_rz"]}
 
 
-def make_psfs(fwhms_arcsec, cfg: ExperimentConfig) -> list[np.ndarray]:
+def make_psfs(fwhms_arcsec, cfg: ExperimentConfig, e1: float = 0.0, e2: float = 0.0) -> list[np.ndarray]:
     """Per-band PSF kernels at the stamp position (Moffat with the configured beta, or Gaussian)."""
     from dhs_gen.psf import make_psf
 
     kwargs = {"beta": cfg.moffat_beta} if cfg.psf_model == "moffat" else {}
-    return [make_psf(cfg.psf_model, float(f), cfg.pixscale_arcsec, max_size=cfg.psf_max_size_pix, **kwargs)
-            for f in fwhms_arcsec]
+    return [make_psf(cfg.psf_model, float(f), cfg.pixscale_arcsec, e1=e1, e2=e2, max_size=cfg.psf_max_size_pix,
+                     **kwargs) for f in fwhms_arcsec]
+
+
+def arc_psf_anisotropy(row: dict) -> tuple[float, float]:
+    """Gen8 PSF anisotropy (e1, e2) of the arc's PSF, drawn per pair; (0, 0) when the profile has none.
+
+    The anisotropy is applied to the *injected arc's* PSF. Re-convolving the real host cutout
+    would smooth its real noise (a tell-tale a classifier can learn) and blur it twice.
+    """
+    if row["artifact_profile"] == "none":
+        return 0.0, 0.0
+    from dhs_gen.domain_randomization.artifacts import artifact_config
+
+    art = artifact_config(row["artifact_profile"])
+    if not art.enable_psf_anisotropy or art.psf_e_sigma <= 0:
+        return 0.0, 0.0
+    e1, e2 = rng_for(row["pair_id"], "psf_anisotropy").normal(0.0, art.psf_e_sigma, size=2)
+    scale = min(1.0, 0.5 / max(float(np.hypot(e1, e2)), 1e-12))  # keep |e| < 0.5: a PSF, not a streak
+    return float(e1 * scale), float(e2 * scale)
 
 
 def _sersic_sources(row, fluxes, cfg):
@@ -133,14 +151,17 @@ def arc_snr(arc: np.ndarray, invvar: np.ndarray) -> float:
     return float(np.sqrt(np.sum(arc.astype(np.float64) ** 2 * np.clip(invvar, 0, None))))
 
 
-def apply_artifacts(stamp: np.ndarray, profile: str, key: str, fwhms_arcsec, cfg: ExperimentConfig):
-    """The row's Gen8 artifact profile, keyed by pair so a pair shares its artifacts; returns (stamp, meta)."""
+def apply_artifacts(stamp: np.ndarray, profile: str, key: str, cfg: ExperimentConfig):
+    """The row's Gen8 artifact profile, keyed by pair so a pair shares its artifacts; returns (stamp, meta).
+
+    No PSF step here (``psf_fwhm_pix=None``): anisotropy went into the arc's PSF
+    (:func:`arc_psf_anisotropy`); the real cutout already carries its real PSF.
+    """
     if profile == "none":
         return stamp, {}
     from dhs_gen.domain_randomization.artifacts import apply_domain_randomization_bands, artifact_config
 
-    fwhm_pix = [float(f) / cfg.pixscale_arcsec for f in fwhms_arcsec]
-    out = apply_domain_randomization_bands(stamp, key, psf_fwhm_pix=fwhm_pix, cfg=artifact_config(profile),
+    out = apply_domain_randomization_bands(stamp, key, psf_fwhm_pix=None, cfg=artifact_config(profile),
                                            moffat_beta=cfg.moffat_beta or 3.5)
     return np.asarray(out["img"], dtype=np.float64), out["meta"]
 
@@ -174,7 +195,8 @@ def render_row(row: dict, cutout, cfg: ExperimentConfig, banks: dict, git_sha: s
         cached = arc_cache.get(row["pair_id"]) if arc_cache is not None else None
         if cached is None:
             try:
-                cached = render_arc_for_row(row, make_psfs(fwhms, cfg), cfg, banks, cutout.lens_offset_arcsec)
+                psfs = make_psfs(fwhms, cfg, *arc_psf_anisotropy(row))
+                cached = render_arc_for_row(row, psfs, cfg, banks, cutout.lens_offset_arcsec)
             except (KeyError, ValueError) as err:
                 return rejected_row(row, f"render_failed:{type(err).__name__}:{err}"[:200], git_sha)
             if arc_cache is not None:
@@ -192,7 +214,9 @@ def render_row(row: dict, cutout, cfg: ExperimentConfig, banks: dict, git_sha: s
             arc = azimuthal_shuffle(arc, key=row["pair_id"])
         noisy_arc, invvar = add_arc_photon_noise(arc, invvar, cfg.arc_gain_e_per_nmgy, row["task_id"])
         stamp = host + noisy_arc
-    stamp, art_meta = apply_artifacts(stamp, row["artifact_profile"], row["pair_id"], fwhms, cfg)
+    stamp, art_meta = apply_artifacts(stamp, row["artifact_profile"], row["pair_id"], cfg)
+    if row["kind"] != "control":
+        art_meta = {**art_meta, "arc_psf_e1e2": list(arc_psf_anisotropy(row))}
     if not np.all(np.isfinite(stamp)):
         return rejected_row(row, "nonfinite_pixels", git_sha)
     out.update(image=encode_image(stamp), invvar=encode_image(invvar), image_shape=list(stamp.shape),
