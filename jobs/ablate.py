@@ -25,17 +25,18 @@ Determinism: 4a/4c draw from per-task hashes; training is bit-identical on CPU f
 variant, test set, metric). The same suite and seed give the same numbers to the last digit on
 the same machine.
 
-Full scale (``--scale full``), on EMR with a GPU driver, against real DR10 bricks::
+Full scale (``--scale full``), EMR in client mode (the driver on a GPU primary node), real DR10::
 
-    dhs emr package && aws s3 cp dist/dhs.zip s3://BUCKET/code/   # code + deps (see emr/)
-    spark-submit --master yarn --py-files dhs.zip jobs/cli.py ablate \\
-        --suite configs/ablations/gen7.yaml --scale full --out s3://BUCKET/ablate/gen7
+    make emr-upload
+    spark-submit --master yarn --deploy-mode client --py-files dhs_bundle.zip entry/ablate.py \
+        --suite configs/ablations/gen7.yaml --scale full --out /mnt/ablate/gen7
+    aws s3 sync /mnt/ablate/gen7 s3://darkhaloscope/ablate/gen7
 
 ``scales.full`` in the suite gives the parent sample and coadd cache URIs (no synthetic sky), the
-epochs, the device (cuda) and the cost estimate: 4c of ~150k stamps per variant on a 10 x
-m5.4xlarge cluster takes ~20 min (~$10 at on-demand prices), training 30 epochs on one
-g5.xlarge GPU ~1 h (~$1 per variant), scoring every model on every test set a few minutes:
-about $40 for a three-variant suite and $70 for the five-variant Gen5-Prime suite.
+epochs, the device (cuda) and the model; ``DIR`` is local to the driver. Expected cost: 4c of
+~150k stamps per variant on 10 x m5.4xlarge ~20 min (~$10 on demand), training 30 epochs on a
+g5.2xlarge ~1 h (~$1.2 per variant), scoring every model on every test set a few minutes: about
+$40 for a three-variant suite, $70 for the five-variant Gen5-Prime suite (configs/ablations/README.md).
 """
 
 from __future__ import annotations

@@ -296,6 +296,7 @@ def test_tiny_suite_end_to_end_and_rerun_is_bit_identical(spark, tmp_path, share
             df = ablate_report.read_scores(out / m / "scores" / t)
             assert c1["matrix"]["auc"][i][j] == pytest.approx(roc_auc_score(df["label"], df["score"]), abs=1e-12)
     model_mtime = {v: os.path.getmtime(out / v / "model" / "best.pt") for v in "ab"}
+    first_scores = ablate_report.read_scores(out / "a" / "scores" / "b")
     time.sleep(1)
     c2 = ablate.run_suite(load_suite(path), "tiny", str(out), spark=spark, shared=shared_data, re_evaluate=True)
     assert {v: os.path.getmtime(out / v / "model" / "best.pt") for v in "ab"} == model_mtime  # nothing retrained
@@ -303,12 +304,16 @@ def test_tiny_suite_end_to_end_and_rerun_is_bit_identical(spark, tmp_path, share
         assert json.dumps(c2[key], sort_keys=True) == json.dumps(c1[key], sort_keys=True)
     stamps_mtime = os.path.getmtime(out / "b" / "stamps" / "_manifest.json")
     variants["b"]["train_overrides"] = {"lr": 1e-3}  # a training change: b retrained on its kept stamps
+    state = json.loads((out / "a" / "variant.json").read_text())
+    del state["scores"]["b"]  # and model a re-scored on test set b: must give the same bytes
+    (out / "a" / "variant.json").write_text(json.dumps(state))
     c3 = ablate.run_suite(load_suite(write_suite(tmp_path / "tiny.yaml", variants, "a")), "tiny", str(out),
                           spark=spark, shared=shared_data)
     assert os.path.getmtime(out / "a" / "model" / "best.pt") == model_mtime["a"]
     assert os.path.getmtime(out / "b" / "model" / "best.pt") > model_mtime["b"]
     assert os.path.getmtime(out / "b" / "stamps" / "_manifest.json") == stamps_mtime
     assert c3["matrix"]["auc"][0] == c1["matrix"]["auc"][0]  # model a on every test set: unchanged
+    assert ablate_report.read_scores(out / "a" / "scores" / "b").equals(first_scores)
 
 
 @pytest.mark.slow
