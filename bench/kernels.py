@@ -8,20 +8,27 @@ machine is shared, and CPU time does not count the time this process waits for a
 kernel here is single-threaded, so CPU time = single-core time).
 
 The lenstronomy side is as favourable to it as possible: one ``ImageModel`` built once and
-re-used, only the kwargs change per task. Lines printed:
+re-used, only the kwargs change per task, and glibc's malloc told to keep freed memory
+(:func:`keep_freed_memory`): by default each of lenstronomy's 65k-sample float64 temporaries
+(512 kB, above glibc's initial 128 kB mmap threshold) is a fresh ``mmap`` whose pages fault on
+first touch, which doubles its time (6.5 vs 3.0 ms per stamp measured here) and makes its speed
+depend on whatever ran before in the process. Lines printed:
 
 * a table: mode, ms per stamp for numpy and lenstronomy, speedup, and the accuracy of the numpy
   image against lenstronomy's (max and median relative L1, max relative total-flux difference);
 * ``render_arc single``: one call per single-band stamp, adaptive (default) and exact paths;
 * ``render_arcs batch``: single-band tasks in one batch call;
 * ``render_arcs batch grz``: three-band tasks (one lens, per-band flux and PSF) vs three
-  lenstronomy renders per stamp, and stamps/s against the DESIGN target of 200 per core.
+  lenstronomy renders per stamp, and stamps/s against the DESIGN target of 200 per core;
+* ``template ...``: the same lenses with COSMOS-like pixel templates (:func:`make_template_tasks`)
+  vs lenstronomy ``INTERPOL``.
 
 Run: ``python -m bench kernels``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import time
 
@@ -32,11 +39,24 @@ from dhs_gen.injection import render_arc, render_arcs
 from dhs_gen.lensing import SIEShear
 from dhs_gen.lenstronomy_engine import image_model
 from dhs_gen.psf import moffat_kernel
-from dhs_gen.sources import SersicSource
+from dhs_gen.sources import SersicSource, TemplateSource
 
 STAMP, SUPERSAMPLE, PSF_SIZE = 64, 4, 25
 N_TASKS, REPEATS = 40, 7
 GRZ_FLUX_RATIOS = (0.8, 1.0, 1.1)
+
+
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds (``mallopt``) so that large temporaries are recycled.
+
+    Returns False where this is not glibc (then nothing changes).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 64 << 20))
 
 
 def make_tasks(n: int, seed: int = 0):
@@ -59,6 +79,23 @@ def make_tasks(n: int, seed: int = 0):
     return tasks, grz_psfs
 
 
+def make_template_tasks(tasks, seed: int = 1):
+    """COSMOS-like template sources for the lenses of ``tasks``: 64x64 at 0.03"/pix (1.9" across), a
+    smooth elliptical body plus a few clumps, rotated, placed as the Sersic sources were."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:64, :64] - 31.5
+    out = []
+    for le, s, psf in tasks:
+        q, phi = rng.uniform(0.4, 1.0), rng.uniform(0, np.pi)
+        xr, yr = np.cos(phi) * xx + np.sin(phi) * yy, -np.sin(phi) * xx + np.cos(phi) * yy
+        img = np.exp(-np.sqrt(q * xr**2 + yr**2 / q) / rng.uniform(3.0, 6.0))
+        for cx, cy in rng.uniform(-12, 12, (3, 2)):
+            img += rng.uniform(0.2, 1.0) * np.exp(-0.5 * ((xx - cx) ** 2 + (yy - cy) ** 2) / rng.uniform(1.0, 2.5) ** 2)
+        src = TemplateSource(img, 0.03, s.flux, s.center_x, s.center_y, rotation_rad=rng.uniform(0, 2 * np.pi))
+        out.append((le, src, psf))
+    return out
+
+
 def _accuracy(ours, refs):
     l1 = [np.abs(a - b).sum() / np.abs(b).sum() for a, b in zip(ours, refs, strict=True)]
     dflux = [abs(a.sum() - b.sum()) / b.sum() for a, b in zip(ours, refs, strict=True)]
@@ -68,6 +105,7 @@ def _accuracy(ours, refs):
 def run() -> str:
     """Benchmark and return the table and ratio lines (< 60 s on 2 shared cores)."""
     tasks, grz_psfs = make_tasks(N_TASKS)
+    malloc_note = "glibc keeps freed memory" if keep_freed_memory() else "default allocator"
     p = PIXSCALE_DR10_ARCSEC
     # one lenstronomy ImageModel re-used for every task (PSF of task 0): lenstronomy's best case
     model, _, _ = image_model(tasks[0][0], tasks[0][1], tasks[0][2], STAMP, p, SUPERSAMPLE)
@@ -76,13 +114,29 @@ def run() -> str:
     batch = [(le, [s], [psf0]) for le, s, _ in tasks]
     grz = [(le, [dataclasses.replace(s, flux=s.flux * f) for f in GRZ_FLUX_RATIOS], psfs)
            for (le, s, _), psfs in zip(tasks, grz_psfs, strict=True)]
+    templates = make_template_tasks(tasks)
+    t_model, _, _ = image_model(templates[0][0], templates[0][1], psf0, STAMP, p, SUPERSAMPLE)
+    t_kwargs = [(le.lenstronomy_kwargs(), [s.lenstronomy()[1]]) for le, s, _ in templates]
+    interpol = t_model.SourceModel.func_list[0]  # caches its spline of the first image it sees
+
+    def lenstronomy_templates():
+        out = []
+        for kl, ks in t_kwargs:
+            interpol.delete_cache()
+            out.append(t_model.image(kwargs_lens=kl, kwargs_source=ks))
+        return out
+
+    t_batch = [(le, [s], [psf0]) for le, s, _ in templates]
     passes = {
         "lenstronomy": lambda: [model.image(kwargs_lens=kl, kwargs_source=ks) for kl, ks in lt_kwargs],
+        "lenstronomy template": lenstronomy_templates,
         "render_arc single": lambda: [render_arc(le, s, psf0, STAMP, p, SUPERSAMPLE) for le, s, _ in tasks],
         "render_arc single exact": lambda: [render_arc(le, s, psf0, STAMP, p, SUPERSAMPLE, adaptive=False)
                                             for le, s, _ in tasks],
         "render_arcs batch": lambda: [r.images[0] for r in render_arcs(batch, STAMP, p, SUPERSAMPLE)],
         "render_arcs batch grz (3 bands)": lambda: render_arcs(grz, STAMP, p, SUPERSAMPLE),
+        "template render_arc single": lambda: [render_arc(le, s, psf0, STAMP, p, SUPERSAMPLE) for le, s, _ in templates],
+        "template render_arcs batch": lambda: [r.images[0] for r in render_arcs(t_batch, STAMP, p, SUPERSAMPLE)],
     }
     outputs = {name: fn() for name, fn in passes.items()}  # warm-up (caches, kernel FFTs) and results
     best = dict.fromkeys(passes, np.inf)
@@ -97,10 +151,13 @@ def run() -> str:
             for name in ("render_arc single", "render_arc single exact", "render_arcs batch")]
     rows.append(("render_arcs batch grz (3 bands)", best["render_arcs batch grz (3 bands)"] / N_TASKS, 3 * t_lt,
                  np.nan, np.nan, np.nan))
+    t_lt_template = best["lenstronomy template"] / N_TASKS
+    rows += [(name, best[name] / N_TASKS, t_lt_template, *_accuracy(outputs[name], outputs["lenstronomy template"]))
+             for name in ("template render_arc single", "template render_arcs batch")]
 
     head = f"{'mode':34s} {'numpy ms':>9s} {'lenstr ms':>10s} {'speedup':>8s} {'L1 max':>9s} {'L1 med':>9s} {'dflux max':>9s}"
     lines = [f"kernels: {N_TASKS} tasks, {STAMP}x{STAMP} px, supersample {SUPERSAMPLE}, {PSF_SIZE}x{PSF_SIZE} Moffat, "
-             f"theta_E 0.8-2.5\", r_eff 0.1-0.5\", n 0.5-4; CPU time, best of {REPEATS}", head, "-" * len(head)]
+             f"theta_E 0.8-2.5\", r_eff 0.1-0.5\", n 0.5-4; CPU time, best of {REPEATS}; {malloc_note}", head, "-" * len(head)]
     for label, t, tl, l1max, l1med, dflux in rows:
         lines.append(f"{label:34s} {t * 1e3:9.3f} {tl * 1e3:10.3f} {tl / t:7.1f}x {l1max:9.2e} {l1med:9.2e} {dflux:9.2e}")
     lines.append("")
@@ -108,7 +165,7 @@ def run() -> str:
         unit = "stamp (3 bands)" if "grz" in label else "stamp"
         lines.append(f"{label}: numpy {t * 1e3:.3f} ms/{unit}, lenstronomy {tl * 1e3:.3f} ms/{unit}, "
                      f"speedup {tl / t:.1f}x")
-    t_grz = rows[-1][1]
+    t_grz = best["render_arcs batch grz (3 bands)"] / N_TASKS
     lines.append(f"render_arcs batch grz: {1.0 / t_grz:,.0f} three-band stamps/s on one core (DESIGN target >= 200)")
     return "\n".join(lines)
 

@@ -12,21 +12,40 @@ Adaptive supersampling (default, ``adaptive=True``)
     gives every pixel the rule ``2/3 f(centre) + 1/3 mean f(corners)``, the pixel mean to
     O(h^4). A pixel is *refined* (full ``s x s`` sub-pixel mean, the same samples as the exact
     path and lenstronomy) when its curvature indicator ``|f(centre) - mean f(corners)|``
-    exceeds ``refine_tol`` times the brightest pixel, when its source-plane footprint (the box
-    of its five rays) meets the source core (half-light ellipse; a template's whole support),
-    so that a compact source between the coarse rays is never missed, or when it lies within 2
-    pixels of the lens centre, where the ray map folds.
+    exceeds ``refine_tol`` times the brightest pixel; when the disk that holds its source-plane
+    footprint (radius ``|D beta| * half-diagonal``, :meth:`dhs_gen.lensing.RayMap.lipschitz`,
+    about its centre's ray) meets the source core (half-light ellipse; a template's whole
+    support), so that a compact source between the coarse rays is never missed; or when it lies
+    within 2 pixels of the lens centre, where the ray map folds. A template is 0 wherever its
+    support cannot reach, so its coarse pass only needs the pixel centres.
+
+    Block culling: when scalar bounds say part of the stamp cannot reach a source
+    (:func:`_may_cull`; compact profiles, templates), 8x8-pixel blocks are bounded first (one ray
+    per block centre, the Lipschitz disk of the block, ``sb_bound`` of the nearest frame radius
+    it can reach) and dropped, faintest first, while their bounds add up to at most
+    ``DEFAULT_CULL_TOL`` (1e-5) of the source's flux. A rigorous bound: never an error above it.
 
     Accuracy/speed (``make bench``, DR10-like tasks: theta_E 0.8-2.5", r_eff 0.1-0.5", n 0.5-4,
     64x64, s = 4): ``refine_tol = 1e-3`` ray-shoots ~11k points instead of 65k and differs from
     lenstronomy by <= 3e-4 relative L1 (median 1e-4) - inside the 2e-3 oracle tolerance; most
     of that difference is lenstronomy's own 4x4 midpoint error in the outskirts, which the
     5-point rule does not share. 1e-4 gives ~7e-5 L1 for ~14k rays, 1e-2 ~1.3e-3 for ~10k.
-    The coarse pass then dominates the cost. ``adaptive=False`` is the exact path (float64,
-    every sub-pixel of every pixel); the adaptive path runs in float32 (~1e-6" positions).
+    ``adaptive=False`` is the exact path (float64, every sub-pixel of every pixel); the adaptive
+    path runs in float32 (~1e-6" positions).
 
-Batch mode (:func:`render_arcs`) renders many tasks and convolves all their bands in one
-stacked real FFT, reusing the FFT of each distinct kernel (kernels are usually shared).
+Evaluation
+    A ray costs one sqrt, arctan and arctanh (:class:`dhs_gen.lensing.RayMap`); every source is
+    evaluated in its own frame (``frame_sb``), reached from (x, y, 1, A, B) by one small matrix
+    product, so each shape costs ~7 array operations per ray on top. Bands of one shape (same
+    profile, different flux) share every ray and the forward FFT of the convolution.
+
+Batch mode (:func:`render_arcs`, :func:`render_sb_batch`)
+    Sersic-only tasks with nothing to cull run their coarse pass vectorised, ``_GROUP_TASKS`` at
+    a time (the per-call overhead of numpy dominates a single 64x64 task); each task's matrix
+    products stay separate 2-D products and everything else is element-wise, so a task's output
+    is bit-identical whatever batch or group it is rendered in (single calls use the same
+    path). Bands are convolved chunk by chunk in one stacked real FFT per chunk, reusing the FFT
+    of each distinct kernel.
 """
 
 from __future__ import annotations
@@ -41,9 +60,9 @@ from scipy import fft as sfft
 from dhs_gen import lenstronomy_engine
 from dhs_gen.conventions import pixel_centers_arcsec, subpixel_offsets_arcsec
 from dhs_gen.errors import ChoiceError, InvalidValueError, check_range
-from dhs_gen.lensing import SIEShear
+from dhs_gen.lensing import SIEShear, sie_angular_terms
 from dhs_gen.psf import validate_psf_kernel
-from dhs_gen.sources import SOURCE_PROFILES
+from dhs_gen.sources import SOURCE_PROFILES, SersicSource
 
 DEFAULT_REFINE_TOL = 1e-3
 DEFAULT_CULL_TOL = 1e-5
@@ -51,6 +70,7 @@ BLOCK_PIX = 8  # side of the blocks culled before the coarse pass, pixels
 MIN_STAMP_SIZE = 8
 _CENTRE_GUARD_PIX = 2.0  # pixels around the lens centre that are always supersampled
 _FINE_CHUNK_RAYS = 16384  # rays per fine-pass chunk: its ~10 float32 rows stay in a core's L2 cache
+_GROUP_TASKS = 8  # tasks per vectorised coarse pass: ~3 MB of float32 temporaries at 64x64
 
 
 @dataclass(frozen=True, eq=False)
@@ -213,12 +233,101 @@ def _active_blocks(plan, ray_map, reps, cull_tol) -> np.ndarray:
     return active
 
 
+def _reach(plan, ray_maps, centre_idx=None) -> np.ndarray:
+    """(T, n) float32: source-plane radius (arcsec) about each pixel centre's ray holding the pixel's footprint.
+
+    ``|D beta| * half-diagonal`` with :meth:`RayMap.lipschitz` at the pixel's distance from the
+    lens centre; a compact source whose core is that close may slip between the five rays.
+    """
+    half_diag = np.float32(plan.pixscale / math.sqrt(2.0))
+    lens = np.array([(*rm.center, rm.theta_e / math.sqrt(rm.q), rm.gamma) for rm in ray_maps], dtype=np.float32)
+    ax = plan.axis.astype(np.float32)
+    r = (np.square(ax[None, :, None] - lens[:, 1, None, None]) + np.square(ax[None, None, :] - lens[:, 0, None, None]))
+    r = r.reshape(len(ray_maps), -1)
+    if centre_idx is not None:
+        r = r.take(centre_idx, axis=1)
+    np.sqrt(r, out=r)
+    r -= half_diag
+    np.maximum(r, np.float32(1e-2), out=r)  # closer pixels are inside the centre guard anyway
+    np.divide(lens[:, 2:3], r, out=r)  # >= 2 kappa at the pixel's closest point
+    r -= np.float32(1.0)
+    np.maximum(r, np.float32(1.0), out=r)
+    r += lens[:, 3:4]
+    r *= half_diag
+    return r
+
+
+def _five_point(f_c, f_p, refine_tol):
+    """Pixel means (K, N*N) float32 from corner (K, N+1, N+1) and centre (K, N*N) samples, and where to refine.
+
+    ``2/3 f(centre) + 1/3 mean f(corners)`` is the pixel mean to O(h^4) (the h^2 terms cancel);
+    ``|f(centre) - mean f(corners)| ~ h^2 |laplacian f| / 8`` says how far from that regime the
+    pixel is: refine where it exceeds ``refine_tol`` times the brightest pixel.
+    """
+    k = f_p.shape[0]
+    corners = f_c[:, :-1, :-1] + f_c[:, 1:, :-1]
+    corners += f_c[:, :-1, 1:]
+    corners += f_c[:, 1:, 1:]
+    corners = corners.reshape(k, -1)
+    corners *= np.float32(0.25)
+    indicator = np.subtract(f_p, corners)
+    np.abs(indicator, out=indicator)
+    pix = f_p * np.float32(2.0 / 3.0)
+    corners *= np.float32(1.0 / 3.0)
+    pix += corners
+    return pix, indicator > np.float32(refine_tol) * pix.max(axis=1, keepdims=True)
+
+
+def _guard(plan, ray_map, active):
+    """Set ``active`` (N, N) on the pixels within the guard of the lens centre, where the ray map folds."""
+    n, h = plan.n, plan.pixscale
+    guard, origin = _CENTRE_GUARD_PIX + 0.5, 0.5 * (n - 1)
+    (cx, cy), tiny = ray_map.center, 1e-9
+    c0, c1 = math.ceil(cx / h + origin - guard - tiny), math.floor(cx / h + origin + guard + tiny)
+    r0, r1 = math.ceil(cy / h + origin - guard - tiny), math.floor(cy / h + origin + guard + tiny)
+    if c1 >= 0 and r1 >= 0 and c0 < n and r0 < n:
+        active[max(r0, 0):r1 + 1, max(c0, 0):c1 + 1] = True
+
+
+def _coarse_group(plan, ray_maps, coeffs, reps, refine_tol):
+    """Coarse pass of T tasks at once, each with P Sersic shapes, on the whole lattice (no culling).
+
+    ``coeffs`` (T, 2P, 5), ``reps`` the T*P sources task-major. Returns 5-point values
+    (T*P, N*N) float32 (flux per arcsec^2) and the pixels to supersample (T, N*N) bool.
+    """
+    n_tasks, n = len(ray_maps), plan.n
+    n_pairs = len(reps) // n_tasks
+    xy1 = plan.coarse_xy1
+    lens = np.array([(rm.eps, 1.0 / rm.q) for rm in ray_maps], dtype=np.float32)
+    frames, c32 = np.stack([rm.frame for rm in ray_maps]).astype(np.float32), coeffs.astype(np.float32)
+    m = xy1.shape[1]
+    xy, ab, uv = (np.empty((n_tasks, k, m), dtype=np.float32) for k in (2, 2, 2 * n_pairs))
+    for t in range(n_tasks):  # one 2-D product per task: a task's bits do not depend on its group
+        np.matmul(frames[t], xy1, out=xy[t])
+    sie_angular_terms(xy, lens[:, 0:1], lens[:, 1:2], out=ab)
+    for t in range(n_tasks):
+        np.matmul(c32[t, :, :3], xy1, out=uv[t])
+        uv[t] += c32[t, :, 3:] @ ab[t]
+    uv = uv.reshape(n_tasks * n_pairs, 2, -1)
+    n_c = (n + 1) ** 2
+    stretch = np.array([r.frame_stretch for r in reps], dtype=np.float32).reshape(n_tasks, n_pairs, 1)
+    u_c, v_c = (uv[:, k, n_c:].reshape(n_tasks, n_pairs, -1) for k in (0, 1))
+    near = SersicSource.near_core(u_c, v_c, stretch * _reach(plan, ray_maps)[:, None, :]).any(axis=1)
+    f = SersicSource.frame_sb(reps, uv)
+    pix, sharp = _five_point(f[:, :n_c].reshape(-1, n + 1, n + 1), f[:, n_c:], refine_tol)
+    active = sharp.reshape(n_tasks, n_pairs, -1).any(axis=1)
+    active |= near
+    for t, rm in enumerate(ray_maps):
+        _guard(plan, rm, active[t].reshape(n, n))
+    return pix, active
+
+
 def _coarse_pass(plan, ray_map, coeffs, reps, pixel_mask, refine_tol):
     """5-point pixel values (P, N*N) float32 (flux per arcsec^2) and the pixels to supersample (N*N,) bool.
 
-    ``pixel_mask`` (N, N) bool: pixels of the kept blocks (None: all).
+    Any mix of source types; ``pixel_mask`` (N, N) bool: pixels of the kept blocks (None: all).
     """
-    n, h = plan.n, plan.pixscale
+    n = plan.n
     n_c, n_pairs = (n + 1) ** 2, len(reps)
     values = not all(rep.core_is_support for rep in reps)  # templates: supersampled wherever they reach, 0 elsewhere
     if pixel_mask is None:  # every block kept: the whole lattice, no gathers
@@ -238,21 +347,7 @@ def _coarse_pass(plan, ray_map, coeffs, reps, pixel_mask, refine_tol):
     uv = _frame_coords(ray_map, coeffs, xy1, np.float32)
     n_cen = n * n if centre_idx is None else centre_idx.size
     uv_c = uv[:, :, uv.shape[2] - n_cen:]  # the pixel centres: last in every layout
-    # a pixel's footprint lies within |D beta| * half-diagonal of its centre's ray (RayMap.lipschitz):
-    # where that disk meets a source's core, a compact source may slip between the five rays
-    half_diag = h / math.sqrt(2.0)
-    ax = plan.axis.astype(np.float32)
-    r = np.add.outer((ax - np.float32(ray_map.center[1])) ** 2, (ax - np.float32(ray_map.center[0])) ** 2).ravel()
-    if centre_idx is not None:
-        r = r.take(centre_idx)
-    np.sqrt(r, out=r)
-    r -= np.float32(half_diag)
-    np.maximum(r, np.float32(1e-2), out=r)  # closer pixels are inside the centre guard anyway
-    two_kappa = np.divide(np.float32(ray_map.theta_e / math.sqrt(ray_map.q)), r, out=r)  # bound at r_min
-    two_kappa -= np.float32(1.0)
-    reach = np.maximum(two_kappa, np.float32(1.0), out=two_kappa)
-    reach += np.float32(ray_map.gamma)
-    reach *= np.float32(half_diag)
+    reach = _reach(plan, [ray_map], centre_idx)[0]
     near = reps[0].near_core(uv_c[0, 0], uv_c[0, 1], np.float32(reps[0].frame_stretch) * reach)
     for j in range(1, n_pairs):
         near |= reps[j].near_core(uv_c[j, 0], uv_c[j, 1], np.float32(reps[j].frame_stretch) * reach)
@@ -266,19 +361,8 @@ def _coarse_pass(plan, ray_map, coeffs, reps, pixel_mask, refine_tol):
             f_c = f_c.reshape(n_pairs, n + 1, n + 1)
             f_p = np.zeros((n_pairs, n * n), dtype=np.float32)
             f_p[:, centre_idx] = f[:, corner_idx.size:]
-        # 2/3 f(centre) + 1/3 mean f(corners) is the pixel mean to O(h^4) (the h^2 terms cancel);
-        # |f(centre) - mean f(corners)| ~ h^2 |laplacian f| / 8 says how far from that regime it is
-        corners = f_c[:, :-1, :-1] + f_c[:, 1:, :-1]
-        corners += f_c[:, :-1, 1:]
-        corners += f_c[:, 1:, 1:]
-        corners = corners.reshape(n_pairs, n * n)
-        corners *= np.float32(0.25)
-        indicator = np.subtract(f_p, corners)
-        np.abs(indicator, out=indicator)
-        pix = f_p * np.float32(2.0 / 3.0)
-        corners *= np.float32(1.0 / 3.0)
-        pix += corners
-        active = (indicator > np.float32(refine_tol) * pix.max(axis=1, keepdims=True)).any(axis=0)
+        pix, sharp = _five_point(f_c, f_p, refine_tol)
+        active = sharp.any(axis=0)
         if centre_idx is not None:  # culled pixels stay 0 (their corners next to kept pixels were evaluated)
             pix *= pixel_mask.reshape(1, n * n)
     else:
@@ -288,13 +372,8 @@ def _coarse_pass(plan, ray_map, coeffs, reps, pixel_mask, refine_tol):
         active |= near
     else:
         active[centre_idx] |= near
-    # where the ray map folds (around the lens centre), always supersample
     active2 = active.reshape(n, n)
-    guard, origin = (_CENTRE_GUARD_PIX + 0.5), 0.5 * (n - 1)
-    c0, c1 = (math.ceil(ray_map.center[0] / h + origin - guard - 1e-9), math.floor(ray_map.center[0] / h + origin + guard + 1e-9))
-    r0, r1 = (math.ceil(ray_map.center[1] / h + origin - guard - 1e-9), math.floor(ray_map.center[1] / h + origin + guard + 1e-9))
-    if c1 >= 0 and r1 >= 0 and c0 < n and r0 < n:
-        active2[max(r0, 0):r1 + 1, max(c0, 0):c1 + 1] = True
+    _guard(plan, ray_map, active2)
     if pixel_mask is not None:
         active2 &= pixel_mask
     return pix, active
@@ -344,6 +423,48 @@ def _render_task_pairs(plan, lens, sources, adaptive, refine_tol, cull_tol):
     return pix.reshape(len(reps), n, n), groups
 
 
+def _groupable(plan, lens, sources, adaptive, cull_tol) -> bool:
+    """Whether a task can join a vectorised group: adaptive, Sersic sources only, nothing to cull."""
+    return (adaptive and plan.supersample > 1 and all(type(s) is SersicSource for s in sources)
+            and not _may_cull(plan, lens.ray_map, [rep for rep, _ in _unique_shapes(sources)], cull_tol))
+
+
+def _render_group_pairs(plan, lenses, sources_per_task, refine_tol) -> list:
+    """:func:`_render_task_pairs` of T groupable tasks with the same number of shapes, the coarse pass vectorised."""
+    groups = [_unique_shapes(srcs) for srcs in sources_per_task]
+    reps_per_task = [[rep for rep, _ in g] for g in groups]
+    ray_maps = [le.ray_map for le in lenses]
+    coeffs = np.stack([rm.functional(np.concatenate([r.frame_matrix() for r in reps]))
+                       for rm, reps in zip(ray_maps, reps_per_task, strict=True)])
+    coarse, active = _coarse_group(plan, ray_maps, coeffs, [r for reps in reps_per_task for r in reps], refine_tol)
+    n, n_pairs, out = plan.n, len(reps_per_task[0]), []
+    for t, (rm, reps) in enumerate(zip(ray_maps, reps_per_task, strict=True)):
+        pix = coarse[t * n_pairs:(t + 1) * n_pairs].astype(np.float64)
+        idx = np.flatnonzero(active[t])
+        pix[:, idx] = _fine_pass(plan, rm, coeffs[t], reps, idx, np.float32)
+        pix *= plan.pixscale**2
+        out.append((pix.reshape(n_pairs, n, n), groups[t]))
+    return out
+
+
+def _render_many_pairs(plan, lenses, sources_per_task, adaptive, refine_tol, cull_tol, group_size=_GROUP_TASKS):
+    """:func:`_render_task_pairs` of many tasks: groupable ones with the same shape count vectorised together."""
+    out = [None] * len(lenses)
+    pending: dict = {}
+    for t, (le, srcs) in enumerate(zip(lenses, sources_per_task, strict=True)):
+        if _groupable(plan, le, srcs, adaptive, cull_tol):
+            pending.setdefault(len(_unique_shapes(srcs)), []).append(t)
+        else:
+            out[t] = _render_task_pairs(plan, le, srcs, adaptive, refine_tol, cull_tol)
+    for members in pending.values():
+        for a in range(0, len(members), group_size):
+            ts = members[a:a + group_size]
+            for t, res in zip(ts, _render_group_pairs(plan, [lenses[t] for t in ts], [sources_per_task[t] for t in ts],
+                                                      refine_tol), strict=True):
+                out[t] = res
+    return out
+
+
 def _band_map(groups, n_bands):
     """(pair index, flux scale) of every band, as two arrays of length ``n_bands``."""
     pair_of_band, scale_of_band = np.zeros(n_bands, dtype=np.intp), np.zeros(n_bands)
@@ -351,13 +472,6 @@ def _band_map(groups, n_bands):
         for b, scale in members:
             pair_of_band[b], scale_of_band[b] = j, scale
     return pair_of_band, scale_of_band
-
-
-def _render_task_sb(plan, lens, sources, adaptive, refine_tol, cull_tol) -> np.ndarray:
-    """Unconvolved lensed images of one task, (B, N, N) float64 flux per pixel (inputs validated)."""
-    pix, groups = _render_task_pairs(plan, lens, sources, adaptive, refine_tol, cull_tol)
-    pair_of_band, scale_of_band = _band_map(groups, len(sources))
-    return pix[pair_of_band] * scale_of_band[:, None, None]
 
 
 def _unique_shapes(sources):
@@ -379,14 +493,18 @@ def render_sb_batch(lenses, sources_per_task, stamp_size, pixscale, supersample,
     Inputs must be validated (see :func:`render_arc_bands` for the parameters).
     """
     plan = _plan(stamp_size, pixscale, supersample)
-    return [_render_task_sb(plan, le, srcs, adaptive, refine_tol, cull_tol)
-            for le, srcs in zip(lenses, sources_per_task, strict=True)]
+    out = []
+    for (pix, groups), srcs in zip(_render_many_pairs(plan, lenses, sources_per_task, adaptive, refine_tol, cull_tol),
+                                   sources_per_task, strict=True):
+        pair_of_band, scale_of_band = _band_map(groups, len(srcs))
+        out.append(pix[pair_of_band] * scale_of_band[:, None, None])
+    return out
 
 
 def render_sb_bands(lens, sources, stamp_size, pixscale, supersample, adaptive=True, refine_tol=DEFAULT_REFINE_TOL,
                     cull_tol=DEFAULT_CULL_TOL):
     """Unconvolved lensed images of one task, (B, N, N) float64 flux per pixel (inputs validated)."""
-    return _render_task_sb(_plan(stamp_size, pixscale, supersample), lens, sources, adaptive, refine_tol, cull_tol)
+    return render_sb_batch([lens], [sources], stamp_size, pixscale, supersample, adaptive, refine_tol, cull_tol)[0]
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -454,8 +572,8 @@ def _convolve_scaled(images, image_of_out, scale_of_out, psfs, dtype) -> np.ndar
 
 # ----------------------------------------------------------------------------- engines
 def _numpy_engine(lens, sources, psfs, stamp_size, pixscale, supersample, adaptive, refine_tol):
-    pix, groups = _render_task_pairs(_plan(stamp_size, pixscale, supersample), lens, sources, adaptive, refine_tol,
-                                     DEFAULT_CULL_TOL)
+    (pix, groups), = _render_many_pairs(_plan(stamp_size, pixscale, supersample), [lens], [sources], adaptive,
+                                        refine_tol, DEFAULT_CULL_TOL)
     pair_of_band, scale_of_band = _band_map(groups, len(sources))
     images = _convolve_scaled(pix, pair_of_band, scale_of_band, psfs, _fft_dtype(adaptive))
     return images, float(pix[pair_of_band[0]].sum() * scale_of_band[0])
@@ -553,7 +671,8 @@ def render_arcs(tasks, stamp_size, pixscale, supersample=4, engine="numpy", adap
         plan, results = _plan(stamp_size, pixscale, supersample), []
         for c in range(0, len(tasks), chunk_size):  # bounded memory, and the FFT buffers stay in cache
             chunk = tasks[c:c + chunk_size]
-            rendered = [_render_task_pairs(plan, le, s, adaptive, refine_tol, DEFAULT_CULL_TOL) for s, _, le in chunk]
+            rendered = _render_many_pairs(plan, [le for _, _, le in chunk], [s for s, _, _ in chunk], adaptive,
+                                          refine_tol, DEFAULT_CULL_TOL)
             maps = [_band_map(groups, len(s)) for (_, groups), (s, _, _) in zip(rendered, chunk, strict=True)]
             first = np.cumsum([0] + [len(pix) for pix, _ in rendered])
             conv = _convolve_scaled(np.concatenate([pix for pix, _ in rendered]),

@@ -171,20 +171,7 @@ class RayMap:
 
         ``xy`` (2, n) is overwritten (scratch); float32 or float64, the dtype of ``out``.
         """
-        big_x, big_y = xy
-        a, b = out
-        np.multiply(big_x, big_x, out=a)
-        np.multiply(big_y, big_y, out=b)
-        a += b
-        a += np.finfo(a.dtype).tiny  # lens centre: psi = sqrt(tiny), X = Y = 0, so A = B = 0 (no 0/0)
-        np.sqrt(a, out=a)
-        np.divide(self.eps, a, out=a)  # eps / psi
-        np.multiply(big_y, a, out=b)
-        np.arctanh(b, out=b)
-        big_x *= a
-        np.multiply(big_x, 1.0 / self.q, out=a)  # X / q = x'
-        np.arctan(a, out=a)
-        return out
+        return sie_angular_terms(xy, self.eps, 1.0 / self.q, out)
 
     def lipschitz(self, r_min):
         """Upper bound of ``|D beta|`` (operator norm) at distance >= ``r_min`` (arcsec) from the lens centre.
@@ -195,6 +182,28 @@ class RayMap:
         with np.errstate(divide="ignore"):
             two_kappa = np.where(r_min > 0, self.theta_e / (math.sqrt(self.q) * np.maximum(r_min, 0.0)), np.inf)
         return np.maximum(1.0, two_kappa - 1.0) + self.gamma
+
+
+def sie_angular_terms(xy: np.ndarray, eps, inv_q, out: np.ndarray) -> np.ndarray:
+    """(A, B) of :class:`RayMap` for one or many lenses: ``xy`` (..., 2, n) holds (X, Y) (arcsec).
+
+    ``eps`` and ``inv_q`` (1/q) are scalars or arrays broadcasting against ``xy[..., 0, :]`` (one
+    row per lens). ``xy`` is overwritten (scratch); ``out`` (..., 2, n), in the dtype of ``xy``.
+    """
+    big_x, big_y = xy[..., 0, :], xy[..., 1, :]
+    a, b = out[..., 0, :], out[..., 1, :]
+    np.multiply(big_x, big_x, out=a)
+    np.multiply(big_y, big_y, out=b)
+    a += b
+    a += np.finfo(a.dtype).tiny  # lens centre: psi = sqrt(tiny), X = Y = 0, so A = B = 0 (no 0/0)
+    np.sqrt(a, out=a)
+    np.divide(eps, a, out=a)  # eps / psi
+    np.multiply(big_y, a, out=b)
+    np.arctanh(b, out=b)
+    big_x *= a
+    np.multiply(big_x, inv_q, out=a)  # X / q = x'
+    np.arctan(a, out=a)
+    return out
 
 
 def sie_shear_deflection(x, y, theta_e, q, phi_rad, gamma1, gamma2, center_x, center_y):

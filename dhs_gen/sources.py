@@ -141,7 +141,8 @@ class SersicSource:
         """Smallest frame units (r_eff) per arcsec: ``sqrt(q) / r_eff``."""
         return math.sqrt(self.q_phi[0]) / self.r_eff
 
-    def near_core(self, u, v, margin):
+    @staticmethod
+    def near_core(u, v, margin):
         """True where a disk of radius ``margin`` (frame units) about (u, v) meets the half-light ellipse."""
         return u * u + v * v <= (1.0 + margin) ** 2
 
