@@ -59,7 +59,7 @@ from jobs import storage
 from jobs.config import ExperimentConfig, _deep_merge, config_from_dict, read_config_dict
 
 SUITE_DIR = Path(__file__).resolve().parents[1] / "configs" / "ablations"
-#: Training options of every variant at demo scale (CPU, deterministic), before scale/variant overrides.
+#: Training options of every variant (CPU, deterministic) before the scale's and the variant's overrides.
 DEMO_TRAIN = {"batch_size": 64, "lr": 3e-3, "num_workers": 0, "device": "cpu", "early_stopping_patience": 0}
 #: Fields that must be equal in every variant, or the comparison would not isolate the variant.
 SHARED_FIELDS = ("seed", "n_replicates", "stamp_size_pix", "pixscale_arcsec", "split_fractions", "max_hosts")
@@ -101,9 +101,6 @@ class Suite:
     common_overrides: dict = field(default_factory=dict)
     no_bank_overrides: dict = field(default_factory=dict)   # applied when a cosmos variant has no bank
     weights_from: dict | None = None
-
-    def variant(self, name: str) -> Variant:
-        return next(v for v in self.variants if v.name == name)
 
 
 def _mapping(name: str, value) -> dict:
@@ -452,6 +449,9 @@ def run_suite(suite: Suite, scale_name: str, out: str, spark=None, shared: Path 
     notes = {v: resolved[v][2] for v in resolved if resolved[v][2]}
     if mix_note:
         notes["uber_weights"] = mix_note
+    if bank and scale["cosmos_bank"] == "auto":
+        n = storage.read_json(bank + ".manifest.json").get("extra", {}).get("n_written")
+        notes["cosmos_bank"] = f"{n} real HST COSMOS galaxies, bank built by dhs cosmos-bank from {shared / 'cosmos_hst'}"
     comparison = ablate_report.build_comparison(suite, root, anchors is not None, scale["n_boot"], notes,
                                                 {"scale": scale_name, "parent": parent, "coadds": coadds,
                                                  "anchors": anchors, "seconds": round(time.perf_counter() - t0, 1)})
