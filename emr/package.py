@@ -35,7 +35,7 @@ PACKAGES = ("dhs_gen", "jobs", "emr")
 BUNDLE_NAME = "dhs_bundle.zip"
 #: spark-submit entry scripts: stage name -> module with ``main(argv)``.
 ENTRY_MODULES = {"manifest": "jobs.manifest", "coadd_cache": "jobs.coadd_cache", "inject": "jobs.inject",
-                 "score": "jobs.score", "completeness": "jobs.completeness"}
+                 "score": "jobs.score", "completeness": "jobs.completeness", "ablate": "jobs.ablate"}
 #: Not installed by the bootstrap: EMR provides Spark itself; torch is the opt-in ``--with-torch``.
 CLUSTER_EXCLUDED = ("pyspark", "torch")
 _PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!_-]+)$")

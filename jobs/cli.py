@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "emr": ("emr.cli:emr_main", "EMR: plan | launch | status | logs a cluster running the pipeline"),
     "cosmos-bank": ("jobs.banks:cosmos_bank_main", "Gen5: build a COSMOS source bank (HDF5) from a GalSim catalog"),
     "deep-bank": ("jobs.banks:deep_bank_main", "Gen6: build a deep ground-based source bank (NPZ) from FITS scenes"),
+    "ablate": ("jobs.ablate", "ablation suite: variants through 4a..evaluate, AUC matrix, paired-bootstrap deltas"),
     "demo": ("jobs.demo", "the whole chain on the embedded synthetic sky"),
 }
 

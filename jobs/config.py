@@ -64,7 +64,7 @@ class SourceConfig:
     mode: str = "sersic"                      # sersic | hybrid | cosmos | deep | mix (uber)
     mix_modes: tuple = ("cosmos", "deep", "hybrid")
     mix_probs: tuple = (0.34, 0.33, 0.33)
-    mag_r: tuple = (22.0, 24.5)               # unlensed source r magnitude range
+    mag_r: tuple = (21.5, 24.0)               # unlensed source r magnitude range
     color_gr: tuple = (0.0, 0.8)              # g - r of the source
     color_rz: tuple = (-0.1, 0.6)             # r - z of the source
     r_eff_arcsec: tuple = (0.1, 0.5)

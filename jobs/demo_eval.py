@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-DEMO_TRAIN = {"epochs": 6, "batch_size": 64, "lr": 3e-3, "num_workers": 0, "device": "cpu",
+DEMO_TRAIN = {"epochs": 8, "batch_size": 64, "lr": 3e-3, "num_workers": 0, "device": "cpu",
               "early_stopping_patience": 3, "seed": 0}
 
 
