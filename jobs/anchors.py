@@ -49,6 +49,7 @@ import pyarrow as pa
 
 from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
 from dhs_gen.errors import InvalidValueError, check_choice, check_range
+from dhs_gen.resample import area_weighted_resample, overlap_fractions  # noqa: F401  (re-exported)
 from dhs_gen.utils import hash_uint64
 from jobs.schema import ANCHOR_SCHEMA, encode_image
 
@@ -79,20 +80,12 @@ class AnchorCutout:
     provenance: str
 
 
-def overlap_fractions(n_src: int, src_pixscale: float, n_dst: int, dst_pixscale: float) -> np.ndarray:
-    """(n_dst, n_src) fraction of each source pixel's width inside each destination pixel (centres aligned)."""
-    src = (np.arange(n_src + 1) - n_src / 2.0) * src_pixscale
-    dst = (np.arange(n_dst + 1) - n_dst / 2.0) * dst_pixscale
-    lo = np.maximum(dst[:-1, None], src[None, :-1])
-    hi = np.minimum(dst[1:, None], src[None, 1:])
-    return np.clip(hi - lo, 0.0, None) / src_pixscale
-
-
 def area_resample(image, src_pixscale_arcsec: float, dst_pixscale_arcsec: float, size_pix: int):
     """Rebin flux-per-pixel images onto a ``size_pix`` grid of another pixel scale, conserving flux.
 
     Each output pixel receives the flux of every input pixel in proportion to their overlap area
     (exact for pixels as uniform squares; no aliasing when downsampling). Image centres coincide.
+    The (B, H, W) wrapper of :func:`dhs_gen.resample.area_weighted_resample`.
 
     Parameters
     ----------
@@ -113,11 +106,7 @@ def area_resample(image, src_pixscale_arcsec: float, dst_pixscale_arcsec: float,
         raise InvalidValueError("image", img, "must be (bands, H, W)")
     src = check_range("src_pixscale_arcsec", src_pixscale_arcsec, 0.0, 60.0, lo_open=True)
     dst = check_range("dst_pixscale_arcsec", dst_pixscale_arcsec, 0.0, 60.0, lo_open=True)
-    wy = overlap_fractions(img.shape[1], src, size_pix, dst)
-    wx = overlap_fractions(img.shape[2], src, size_pix, dst)
-    out = wy @ img @ wx.T  # (size, H) @ (B, H, W) @ (W, size): separable, two matmuls
-    coverage = np.outer(wy.sum(1), wx.sum(1)) * (src / dst) ** 2
-    return out, np.clip(coverage, 0.0, 1.0)
+    return area_weighted_resample(img, src, dst, (size_pix, size_pix))
 
 
 def standardize(image, pixscale_arcsec: float, bands: str, size_pix: int, source: str, scale: float = 1.0,
