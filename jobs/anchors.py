@@ -9,9 +9,9 @@ last; rows without pixels listed in ``_rejects.parquet`` and counted in the mani
 float32 ``(3, H, W)`` g, r, z in nanomaggies per 0.262" pixel; ``provenance`` says where the pixels
 came from and every step applied (band selection, unit scaling, resampling, cropping).
 
-Cutout sources (registry :data:`CUTOUT_SOURCES`, spec ``kind:arg``): ``local`` (a folder of DR10
-``.npz`` cutouts or FITS with a TAN WCS, matched by position), ``legacysurvey`` (the public cutout
-service over HTTP, with retries) and ``coadd`` (DR10-layout coadd bricks via ``jobs.coadds``).
+Cutout sources (:mod:`jobs.cutout_sources`, registry ``CUTOUT_SOURCES``, spec ``kind:arg``): ``local``
+(a folder of DR10 ``.npz`` cutouts or FITS with a TAN WCS, matched by position), ``legacysurvey`` (the
+public cutout service over HTTP, with retries) and ``coadd`` (DR10-layout coadd bricks via ``jobs.coadds``).
 
 Units of the real inputs (verified, see ``tests/jobs/test_anchors.py``):
 
@@ -35,28 +35,23 @@ Units of the real inputs (verified, see ``tests/jobs/test_anchors.py``):
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
-from dhs_gen.errors import InvalidValueError, check_choice, check_range
+from dhs_gen.errors import InvalidValueError, check_range
 from dhs_gen.resample import area_weighted_resample, overlap_fractions  # noqa: F401  (re-exported)
 from dhs_gen.utils import hash_uint64
 from jobs.schema import ANCHOR_SCHEMA, encode_image
 
 BANDS = "grz"
 LABEL_OF_CLASS = {"known_lens": 1, "candidate": 1, "ring": 0, "merger": 0, "other": 0}
-DEFAULT_SERVICE_URL = ("https://www.legacysurvey.org/viewer/cutout.fits?ra={ra}&dec={dec}&layer=ls-dr10"
-                       "&pixscale=0.262&size={size}&bands=grz")
 MAX_ZERO_FRACTION = 0.01
 
 
@@ -180,158 +175,6 @@ def standardize(image, pixscale_arcsec: float, bands: str, size_pix: int, source
     return AnchorCutout(img.astype(np.float32), inv32, "; ".join(steps))
 
 
-def _fits_cutout(hdul, source: str, size_pix: int, surface_brightness: bool) -> AnchorCutout:
-    """(B, H, W) FITS image (first HDU with data) with a TAN WCS -> standardised cutout."""
-    from astropy.wcs import WCS
-
-    hdu = next((h for h in hdul if getattr(h, "data", None) is not None and h.data.ndim == 3), None)
-    if hdu is None:
-        raise CutoutUnavailable("corrupt_fits", f"{source}: no (bands, H, W) image")
-    head = hdu.header
-    bands = head.get("BANDS", "").strip() or "".join(head.get(f"BAND{i}", "?").strip() for i in range(hdu.data.shape[0]))
-    if len(bands) != hdu.data.shape[0]:
-        bands = BANDS if hdu.data.shape[0] == 3 else bands  # the cutout service returns g, r, z planes
-    scale = float(np.sqrt(abs(np.linalg.det(WCS(head, naxis=2).pixel_scale_matrix)))) * 3600.0 if "CTYPE1" in head \
-        else PIXSCALE_DR10_ARCSEC
-    return standardize(hdu.data, scale, bands, size_pix, source, surface_brightness=surface_brightness)
-
-
-class LocalCutoutFolder:
-    """Cutouts in a folder (``*.npz`` DR10 style or ``*.fits[.gz]`` with a WCS), matched by position.
-
-    Parameters
-    ----------
-    root : str
-        Folder (local path).
-    match_radius_arcsec : float
-        A catalog row takes the nearest cutout centre within this radius.
-    fits_surface_brightness : bool
-        FITS values are per 0.262" pixel area (Legacy Surveys viewer products; module docstring).
-    """
-
-    def __init__(self, root: str, match_radius_arcsec: float = 2.0, fits_surface_brightness: bool = True):
-        from astropy.wcs import WCS
-
-        from jobs.crossmatch import open_fits
-
-        self.root, self.radius = str(root), check_range("match_radius_arcsec", match_radius_arcsec, 0.0, 3600.0)
-        self.fits_sb = bool(fits_surface_brightness)
-        self.paths, ra, dec = [], [], []
-        for path in sorted(glob.glob(os.path.join(self.root, "*.npz"))):
-            with np.load(path, allow_pickle=False) as d:
-                if "cutout" in d.files and "meta_ra" in d.files:
-                    self.paths.append(path), ra.append(float(d["meta_ra"])), dec.append(float(d["meta_dec"]))
-        for path in sorted(glob.glob(os.path.join(self.root, "*.fits")) + glob.glob(os.path.join(self.root, "*.fits.gz"))):
-            with open_fits(path) as hdul:
-                head = hdul[0].header
-                if "CTYPE1" not in head:
-                    continue
-                w = WCS(head, naxis=2)
-                c = w.pixel_to_world_values((head["NAXIS1"] - 1) / 2.0, (head["NAXIS2"] - 1) / 2.0)
-                self.paths.append(path), ra.append(float(c[0]) % 360.0), dec.append(float(c[1]))
-        self.ra, self.dec = np.array(ra), np.array(dec)
-
-    def fetch(self, ra: float, dec: float, size_pix: int) -> AnchorCutout:
-        from jobs.crossmatch import nearest_within, open_fits
-
-        idx, sep = nearest_within([ra], [dec], self.ra, self.dec, self.radius)
-        if idx[0] < 0:
-            raise CutoutUnavailable("no_cutout", f"none within {self.radius}\" in {self.root}")
-        path = self.paths[idx[0]]
-        if path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as d:
-                pix = float(d["meta_pixel_scale"]) if "meta_pixel_scale" in d.files else PIXSCALE_DR10_ARCSEC
-                cube = np.transpose(d["cutout"], (2, 0, 1))  # (H, W, 3) -> (3, H, W)
-                return standardize(cube, pix, BANDS, size_pix, f"npz {os.path.basename(path)} ({sep[0]:.2f}\")")
-        with open_fits(path) as hdul:
-            return _fits_cutout(hdul, f"fits {os.path.basename(path)} ({sep[0]:.2f}\")", size_pix, self.fits_sb)
-
-
-class LegacySurveyCutoutService:
-    """The public Legacy Surveys cutout service (FITS over HTTP), with retries on network/5xx errors.
-
-    Parameters
-    ----------
-    url_template : str
-        With ``{ra}``, ``{dec}`` (deg) and ``{size}`` (pixels) fields.
-    retries : int
-        Extra attempts after the first on a URLError, HTTP 429 or 5xx.
-    backoff_s : float
-        Seconds before retry k (doubling each time).
-    timeout_s : float
-        Per-request timeout, seconds.
-    """
-
-    def __init__(self, url_template: str = DEFAULT_SERVICE_URL, retries: int = 3, backoff_s: float = 1.0,
-                 timeout_s: float = 30.0):
-        for key in ("{ra}", "{dec}", "{size}"):
-            if key not in url_template:
-                raise InvalidValueError("url_template", url_template, f"must contain {key}")
-        self.url_template, self.retries = url_template, int(check_range("retries", retries, 0, 20))
-        self.backoff_s, self.timeout_s = float(backoff_s), float(timeout_s)
-
-    def _get(self, url: str) -> bytes:
-        for attempt in range(self.retries + 1):
-            try:
-                with urllib.request.urlopen(url, timeout=self.timeout_s) as resp:  # noqa: S310 - http(s) template
-                    return resp.read()
-            except urllib.error.HTTPError as err:
-                if err.code != 429 and err.code < 500 or attempt == self.retries:
-                    raise CutoutUnavailable("http_error", f"{err.code} for {url}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                if attempt == self.retries:
-                    raise CutoutUnavailable("network_error", f"{err} for {url}") from None
-            time.sleep(self.backoff_s * 2**attempt)
-        raise AssertionError("unreachable")
-
-    def fetch(self, ra: float, dec: float, size_pix: int) -> AnchorCutout:
-        import gzip
-        import io
-
-        from astropy.io import fits
-
-        url = self.url_template.format(ra=f"{ra:.7f}", dec=f"{dec:.7f}", size=int(size_pix))
-        data = self._get(url)
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-        try:
-            hdul = fits.open(io.BytesIO(data))
-            return _fits_cutout(hdul, f"legacysurvey {url}", size_pix, surface_brightness=True)
-        except OSError as err:
-            raise CutoutUnavailable("corrupt_fits", f"{err} from {url}") from None
-
-
-class CoaddCacheCutouts:
-    """Stamps cut from DR10-layout coadd bricks (``jobs.coadds``); the last brick stays in memory."""
-
-    def __init__(self, coadd_root: str):
-        self.root, self._brick = str(coadd_root), None
-
-    def fetch(self, ra: float, dec: float, size_pix: int) -> AnchorCutout:
-        from dhs_gen.bricks import bricknames_for
-        from jobs.coadds import cut_stamp, load_brick
-
-        name = str(bricknames_for(ra, dec))
-        if self._brick is None or self._brick.brickname != name:
-            self._brick = load_brick(self.root, name, BANDS)
-        stamp = cut_stamp(self._brick, ra, dec, size_pix)
-        if not stamp.ok:
-            raise CutoutUnavailable(stamp.reject_reason or "coadd_reject", f"brick {name}")
-        src = f"coadd {self.root} brick {name} stamp corner ({stamp.x0}, {stamp.y0})"
-        pix = self._brick.pixscale_arcsec or PIXSCALE_DR10_ARCSEC
-        return standardize(stamp.image, pix, BANDS, size_pix, src, invvar=stamp.invvar)
-
-
-CUTOUT_SOURCES = {"local": LocalCutoutFolder, "legacysurvey": LegacySurveyCutoutService, "coadd": CoaddCacheCutouts}
-
-
-def make_cutout_source(spec: str):
-    """``local:DIR`` | ``coadd:ROOT`` | ``legacysurvey[:URL_TEMPLATE]`` -> a cutout source."""
-    kind, _, arg = str(spec).partition(":")
-    cls = CUTOUT_SOURCES[check_choice("cutouts kind", kind, CUTOUT_SOURCES)]
-    return cls(arg) if arg else cls()
-
-
 def anchor_id(name: str, ra, dec) -> str:
     """Stable id from the name and position (deg): ``anchor-<16 hex>``."""
     pos = "nopos" if ra is None else f"{float(ra):.6f}|{float(dec):.6f}"
@@ -440,6 +283,8 @@ def build_default_anchor_set(shared_data_dir, out_uri: str, size_pix: int = 64, 
     LRG hosts and the DECaLS Zooniverse galaxies (class other; the bad-pixel example is rejected by
     the coverage check, not by name).
     """
+    from jobs.cutout_sources import LocalCutoutFolder, _fits_cutout  # not at the top: it imports this module
+
     t0 = time.perf_counter()
     root = str(shared_data_dir)
     rows, rejects = [], []
@@ -492,6 +337,7 @@ def anchor_metrics(scored: pa.Table, threshold: float = 0.5, thresholds: dict | 
 def anchors_main(argv: list[str] | None = None) -> int:
     """Entry point of ``dhs anchors build|default|metrics``; prints a JSON summary."""
     from jobs import storage
+    from jobs.cutout_sources import make_cutout_source  # not at the top: it imports this module
 
     p = argparse.ArgumentParser(prog="dhs anchors", description="real anchor sets (known lenses + hard negatives)")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -530,6 +376,22 @@ def anchors_main(argv: list[str] | None = None) -> int:
 
 
 main = anchors_main
+
+# The cutout sources moved to jobs.cutout_sources; their names stay importable from here. They are
+# looked up on first use (PEP 562) rather than imported at the top, because jobs.cutout_sources
+# builds on standardize above: an eager import would fail whenever it is imported first.
+_CUTOUT_SOURCE_NAMES = ("LocalCutoutFolder", "LegacySurveyCutoutService", "CoaddCacheCutouts", "CUTOUT_SOURCES",
+                        "make_cutout_source", "DEFAULT_SERVICE_URL")
+
+
+def __getattr__(name: str):
+    """The names of :mod:`jobs.cutout_sources`; AttributeError for any other missing name."""
+    if name in _CUTOUT_SOURCE_NAMES:
+        from jobs import cutout_sources
+
+        return getattr(cutout_sources, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 if __name__ == "__main__":
     sys.exit(anchors_main())
