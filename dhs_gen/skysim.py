@@ -22,7 +22,8 @@ r_eff = 0.45" convolved with the PSF, measured by a matched filter):
 
 with ``p`` the unit-sum PSF-convolved galaxy profile in pixels. For a point source and a Gaussian
 PSF of width sigma (pixels), NEA = 4 pi sigma^2 (tested). With the nominal FWHM this gives
-sigma_pix = 0.0040 / 0.0077 / 0.0187 nmgy in g / r / z (NEA = 157 / 128 / 114 pixels).
+sigma_pix = 0.0018 / 0.0027 / 0.0083 nmgy in g / r / z (NEA = 157 / 128 / 114 pixels): the sky
+noise measured on the real calibrated DR10 cutouts of the shared data folder.
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ from dhs_gen.sources import sersic_b_n, sersic_flux_per_i_e, sersic_sb_arrays
 from dhs_gen.utils import rng_for
 
 BANDS = "grz"
-DEPTH_GAL_MAG = {"g": 24.0, "r": 23.4, "z": 22.5}        # DR10 5-sigma galaxy depth, AB
+# DR10 5-sigma galaxy depth, AB. Calibrated on the real DR10 lens-candidate cutouts (border-pixel
+# noise 0.0018 / 0.0027 / 0.0083 nmgy in g / r / z); shallower nominal depths (24.0 / 23.4 / 22.5)
+# made the demo sky ~2.5x noisier than the real cutouts it is compared with.
+DEPTH_GAL_MAG = {"g": 24.9, "r": 24.5, "z": 23.4}
 FWHM_NOMINAL_ARCSEC = {"g": 1.5, "r": 1.3, "z": 1.2}
 FWHM_VARIATION = 0.15                                     # +-15 % across a brick
 DEPTH_VARIATION_MAG = 0.1                                 # +-0.1 mag across a brick
