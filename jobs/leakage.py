@@ -62,6 +62,25 @@ class CentralPixels:
     features: np.ndarray
     labels: np.ndarray
     groups: np.ndarray
+    theta_e_arcsec: np.ndarray | None = None   # of each row's pair; None when unknown
+
+
+# An arc of Einstein radius theta_E puts real, physical light inside a core of radius R when
+# theta_E < R + FWHM/2 (its PSF-blurred ridge reaches the core). The core gates ask whether the core
+# separates the classes when *no* arc light is expected there, so they use only rows whose arcs are
+# clear of it; the rule and the row count are reported with each gate.
+PIXSCALE_ARCSEC = 0.262
+ARC_CLEAR_MARGIN_ARCSEC = 0.65   # half the DR10 r-band PSF FWHM
+
+
+def arc_clear_theta_e(core_radius_pix: float) -> float:
+    """Smallest theta_E (arcsec) whose arc stays outside a core of ``core_radius_pix`` pixels."""
+    return core_radius_pix * PIXSCALE_ARCSEC + ARC_CLEAR_MARGIN_ARCSEC
+
+
+def _arc_clear(theta_e, core_radius_pix: float) -> np.ndarray:
+    t = np.asarray(theta_e, dtype=float)
+    return ~(t < arc_clear_theta_e(core_radius_pix))  # unknown theta_E (NaN) is kept
 
 
 def central_pixel_features(images_normalised: np.ndarray, radius_pix: float) -> np.ndarray:
@@ -95,9 +114,16 @@ def leakage_gates(df: pd.DataFrame, cfg: EvalConfig, full_auc: float | None, cor
                   core_masked: pd.DataFrame | None, central: CentralPixels | None) -> dict:
     """The Gen5-Prime gates; a gate whose input is missing is reported as not computable, never as a pass."""
     gates = []
+    clear_rule = f"rows with theta_E >= {arc_clear_theta_e(cfg.core_radius_pix):.2f} arcsec (arcs clear of the core)"
+    if core_only is not None and "theta_e_arcsec" in core_only.columns:
+        core_only = core_only[_arc_clear(core_only["theta_e_arcsec"], cfg.core_radius_pix)]
+    if central is not None and central.theta_e_arcsec is not None:
+        keep = _arc_clear(central.theta_e_arcsec, cfg.core_radius_pix)
+        central = CentralPixels(central.features[keep], central.labels[keep], central.groups[keep],
+                                central.theta_e_arcsec[keep])
     if core_only is not None and len(core_only):
         v = roc_auc(core_only["score"], core_only["label"])
-        gates.append(gate("core_only_auc", v, cfg.max_core_only_auc, "<=", n=len(core_only)))
+        gates.append(gate("core_only_auc", v, cfg.max_core_only_auc, "<=", n=len(core_only), rows=clear_rule))
     else:
         gates.append(gate("core_only_auc", None, cfg.max_core_only_auc, "<=",
                           "no core-only scores (run `dhs score --mask outer`, or give --stamps and --checkpoint)"))
@@ -110,7 +136,7 @@ def leakage_gates(df: pd.DataFrame, cfg: EvalConfig, full_auc: float | None, cor
                           "no core-masked scores (run `dhs score --mask core`, or give --stamps and --checkpoint)"))
     if central is not None and len(central.labels):
         gates.append(gate("central_pixels_logreg_auc", central_logreg_auc(central, seed=cfg.seed),
-                          cfg.max_central_logreg_auc, "<=", n=len(central.labels)))
+                          cfg.max_central_logreg_auc, "<=", n=len(central.labels), rows=clear_rule))
     else:
         gates.append(gate("central_pixels_logreg_auc", None, cfg.max_central_logreg_auc, "<=",
                           "no stamps given (--stamps) for the model-free central-pixel check"))

@@ -101,8 +101,9 @@ def collect_stamps(stamps_uri: str, df: pd.DataFrame, cfg, gallery_size: int = 1
             sel = sub["kind"].isin(["injection", "control"]).to_numpy()
         else:
             sel = np.ones(len(rows), bool)
+        theta_e = sub["theta_e_arcsec"].to_numpy(float)[sel] if "theta_e_arcsec" in sub.columns else None
         out.central = CentralPixels(np.concatenate(feats)[sel], sub["label"].to_numpy(int)[sel],
-                                    sub.get("pair_id", sub.index.to_series()).astype(str).to_numpy()[sel])
+                                    sub.get("pair_id", sub.index.to_series()).astype(str).to_numpy()[sel], theta_e)
         if model is not None:
             base = pd.DataFrame({"task_id": rows, "label": sub["label"].to_numpy(int)})
             out.core_only = base.assign(score=np.concatenate(masked["outer"]))

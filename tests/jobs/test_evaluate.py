@@ -240,3 +240,31 @@ def test_help_exits_cleanly(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0 and "--anchor-scores" in capsys.readouterr().out
+
+
+def test_core_gates_use_only_arcs_clear_of_the_core():
+    import numpy as np
+    import pandas as pd
+
+    from jobs.evaluate import EvalConfig
+    from jobs.leakage import arc_clear_theta_e, leakage_gates
+
+    cfg = EvalConfig()
+    limit = arc_clear_theta_e(cfg.core_radius_pix)
+    assert limit == pytest.approx(cfg.core_radius_pix * 0.262 + 0.65)
+    rng = np.random.default_rng(1)
+    n = 400
+    labels = np.tile([0, 1], n // 2)
+    small = np.full(n, limit - 0.5)   # arc light physically inside the core
+    large = np.full(n, limit + 0.5)   # arcs clear of the core
+    separating = labels + 0.01 * rng.standard_normal(n)
+    random = rng.random(n)
+    # the core separates only where the arc is inside it: the gate passes
+    core = pd.DataFrame({"score": np.r_[separating, random], "label": np.r_[labels, labels],
+                         "theta_e_arcsec": np.r_[small, large]})
+    g = {x["name"]: x for x in leakage_gates(pd.DataFrame(), cfg, None, core, None, None)["gates"]}
+    assert g["core_only_auc"]["pass"] is True and g["core_only_auc"]["n"] == n
+    # the core separates where no arc light should reach it: a shortcut, the gate fails
+    core["score"] = np.r_[random, separating]
+    g = {x["name"]: x for x in leakage_gates(pd.DataFrame(), cfg, None, core, None, None)["gates"]}
+    assert g["core_only_auc"]["pass"] is False
