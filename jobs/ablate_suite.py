@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from dhs_gen.errors import ConfigError
-from jobs.config import ExperimentConfig, _deep_merge, config_from_dict, read_config_dict
+from jobs.config import ExperimentConfig, _deep_merge, config_from_dict, find_yaml, read_config_dict
 
 SUITE_DIR = Path(__file__).resolve().parents[1] / "configs" / "ablations"
 #: Training options of every variant (CPU, deterministic) before the scale's and the variant's overrides.
@@ -65,12 +65,7 @@ def _mapping(name: str, value) -> dict:
 
 def load_suite(path_or_name: str) -> Suite:
     """Suite YAML (a path, or a name under ``configs/ablations/``) -> validated :class:`Suite`."""
-    path = Path(path_or_name)
-    if not path.suffix:
-        path = SUITE_DIR / f"{path_or_name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in SUITE_DIR.glob("*.yaml"))
-        raise ConfigError("suite", str(path_or_name), f"no such file; give a YAML path or one of {known}")
+    path = find_yaml(path_or_name, SUITE_DIR, "suite")
     data = _mapping("suite", yaml.safe_load(path.read_text()))
     allowed = {"name", "description", "baseline", "seed", "variants", "scales", "common_overrides",
                "no_bank_overrides", "weights_from"}

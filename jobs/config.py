@@ -214,14 +214,20 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def read_config_dict(name_or_path: str) -> dict:
-    """YAML of a preset name (``configs/<name>.yaml``) or a path, following ``extends:`` chains."""
+def find_yaml(name_or_path: str, folder: Path, field: str = "config") -> Path:
+    """A YAML path as given, or ``<folder>/<name>.yaml`` for a bare name; ConfigError listing the names."""
     path = Path(name_or_path)
     if not path.suffix:
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        path = folder / f"{name_or_path}.yaml"
     if not path.is_file():
-        presets = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError("config", str(name_or_path), f"no such file; give a YAML path or a preset: {presets}")
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(field, str(name_or_path), f"no such file; give a YAML path or one of {known}")
+    return path
+
+
+def read_config_dict(name_or_path: str) -> dict:
+    """YAML of a preset name (``configs/<name>.yaml``) or a path, following ``extends:`` chains."""
+    path = find_yaml(name_or_path, CONFIG_DIR)
     with open(path) as fh:
         data = yaml.safe_load(fh) or {}
     if not isinstance(data, dict):

@@ -20,7 +20,6 @@ import pytest
 from jobs import coadd_cache, outputs, sky
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from s3server import run_seaweedfs  # noqa: E402
 
 MISSING_BRICK = "0001p000"   # a real brick name the server has no files for -> HTTP 404
 
@@ -30,21 +29,6 @@ def sky_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sky")
     sky.main(["--out", str(out), "--n-bricks", "1", "--size-pix", "300", "--n-lrg", "3"])
     return out
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
-    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
-
-
-@pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in s3_server.env.items():
-        monkeypatch.setenv(name, value)
-    return s3_server
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
