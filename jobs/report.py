@@ -106,6 +106,8 @@ def collect_stamps(stamps_uri: str, df: pd.DataFrame, cfg, gallery_size: int = 1
                                     sub.get("pair_id", sub.index.to_series()).astype(str).to_numpy()[sel], theta_e)
         if model is not None:
             base = pd.DataFrame({"task_id": rows, "label": sub["label"].to_numpy(int)})
+            if "theta_e_arcsec" in sub.columns:  # the core gates keep only arcs clear of the core
+                base["theta_e_arcsec"] = sub["theta_e_arcsec"].to_numpy(float)
             out.core_only = base.assign(score=np.concatenate(masked["outer"]))
             out.core_masked = base.assign(score=np.concatenate(masked["core"]))
     for name, ids in gallery_ids.items():
