@@ -131,13 +131,10 @@ def run(manifest_uri: str, coadds_uri: str, out_uri: str, partitions: int = 4, o
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dhs inject", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = stage.stage_parser("dhs inject", __doc__)
     p.add_argument("--manifest", required=True, help="4a manifest directory or s3:// URI")
     p.add_argument("--coadds", required=True, help="coadd root (sky dir or its coadd/ folder; local or s3://)")
-    p.add_argument("--out", required=True, help="output directory or s3:// URI for the stamps")
-    p.add_argument("--partitions", type=int, default=4, help="Spark partitions (default 4)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    stage.add_output_args(p, "stamps")
     return p
 
 

@@ -166,14 +166,11 @@ def run(parent_uri: str, cfg: ExperimentConfig, out_uri: str, partitions: int = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dhs manifest", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = stage.stage_parser("dhs manifest", __doc__)
     p.add_argument("--parent", required=True, help="parent-sample Parquet (DR10 columns RA, DEC, BRICKNAME, FLUX_G/R/Z, TYPE)")
     p.add_argument("--config", required=True, help="generation preset name (e.g. gen7, uber, demo) or YAML path")
-    p.add_argument("--out", required=True, help="output directory or s3:// URI")
-    p.add_argument("--partitions", type=int, default=4, help="Spark partitions (default 4)")
     p.add_argument("--max-hosts", type=int, default=None, help="use only the first N hosts (tests, quick looks)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    stage.add_output_args(p, "manifest")
     return p
 
 

@@ -160,6 +160,22 @@ def commit_stage(stage: str, out_uri: str, run_id: str, reports: list[dict], con
     return outputs.commit(out_uri, run_id, committed, manifest)
 
 
+def stage_parser(prog: str, doc: str):
+    """argparse parser of a stage: description from the module docstring, plus the shared
+    ``--out`` / ``--partitions`` / ``--overwrite`` options (added by :func:`add_output_args`)."""
+    import argparse
+
+    return argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_output_args(p, what: str) -> None:
+    """The options every Spark stage shares: where to write, how many partitions, overwrite."""
+    p.add_argument("--out", required=True, help=f"output directory or s3:// URI for the {what}")
+    p.add_argument("--partitions", type=int, default=4, help="Spark partitions (default 4)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
 def progress_line(stage: str, n_rows: int, n_rejected: int, seconds: float) -> str:
     """The one line a stage prints when it finishes."""
     rate = n_rows / seconds if seconds > 0 else float("nan")
