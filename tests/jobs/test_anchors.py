@@ -105,7 +105,7 @@ def test_default_anchor_set_contents(default_set, shared_data):
     # DR10 pixels are the npz cutout itself, (H, W, 3) -> (3, H, W), centre-cropped 101 -> 64 from index 18
     by_name = {r["name"]: r for r in pos}
     for path in glob.glob(str(shared_data / "dr10" / "cutouts" / "*.npz")):
-        with np.load(path) as d:
+        with np.load(path, allow_pickle=False) as d:
             ref = d["cutout"][18:82, 18:82, :].transpose(2, 0, 1)
             r = by_name[str(d["meta_galaxy_id"])]
             assert r["brickname"] == str(d["meta_brickname"])
@@ -142,7 +142,7 @@ def test_des_units_match_real_dr10_lrgs(default_set, shared_data):
 def test_zooniverse_values_are_surface_brightness_per_native_pixel(shared_data):
     """Blank-sky noise after conversion matches DR10 noise per 0.262" pixel; flux-per-fine-pixel would not."""
     npz = sorted(glob.glob(str(shared_data / "dr10" / "cutouts" / "*.npz")))
-    dr10 = np.median([[_mad(b[:20, :20]) for b in np.load(p)["cutout"].transpose(2, 0, 1)] for p in npz], axis=0)
+    dr10 = np.median([[_mad(b[:20, :20]) for b in np.load(p, allow_pickle=False)["cutout"].transpose(2, 0, 1)] for p in npz], axis=0)
     ratios_sb, ratios_flux = [], []
     for path in sorted(glob.glob(str(shared_data / "decals" / "zooniverse_examples" / "example_[a-e].fits"))):
         with fits.open(path) as hdul:
