@@ -64,22 +64,31 @@ def _publish(local_file: Path, output: str, stage: str, config: dict, inputs: di
     storage.write_json(output + ".manifest.json", manifest)
 
 
+def _build_and_publish(args, stage: str, suffix: str, inputs: dict, build) -> dict:
+    """Build a bank into a local temporary file with ``build(local_path) -> summary``, then publish it
+    (local or s3://) with its provenance record; returns the summary."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"dhs-{stage}-") as tmp:
+        local = Path(tmp) / f"bank{suffix}"
+        summary = build(local)
+        _publish(local, args.output, stage, dict(vars(args)), inputs, summary, time.perf_counter() - t0)
+    return summary
+
+
 def cosmos_bank_main(argv: list[str] | None = None) -> int:
     """Entry point of ``dhs cosmos-bank``; returns the exit status."""
     from dhs_gen.cosmos import build_cosmos_bank
 
     args = _cosmos_parser().parse_args(argv)
-    config = dict(vars(args))
     galsim_path = storage.local_copy(args.galsim_path)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="dhs-cosmos-bank-") as tmp:
-        local = Path(tmp) / "bank.h5"
+
+    def build(local: Path) -> dict:
         summary = build_cosmos_bank(galsim_path, local, args.n_sources, args.stamp_size, args.pixel_scale,
                                     args.seed, target_pixscale=args.target_pixscale, band=args.band,
                                     min_snr=args.min_snr)
-        summary["output"] = args.output
-        _publish(local, args.output, "gen5_cosmos_bank", config, {"galsim_path": args.galsim_path}, summary,
-                 time.perf_counter() - t0)
+        return {**summary, "output": args.output}
+
+    summary = _build_and_publish(args, "gen5_cosmos_bank", ".h5", {"galsim_path": args.galsim_path}, build)
     print(f"cosmos-bank: wrote {summary['n_written']}/{summary['n_requested']} sources to {args.output}; "
           f"cuts {summary['cuts']}")
     return 0
@@ -90,17 +99,15 @@ def deep_bank_main(argv: list[str] | None = None) -> int:
     from dhs_gen.deep_sources import build_deep_source_bank
 
     args = _deep_parser().parse_args(argv)
-    config = dict(vars(args))
     fits_dir = storage.local_copy(args.fits_dir)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="dhs-deep-bank-") as tmp:
-        local = Path(tmp) / "bank.npz"
+
+    def build(local: Path) -> dict:
         summary = build_deep_source_bank(fits_dir, str(local), args.n_sources, args.stamp_size, args.src_pixscale,
                                          args.target_pixscale, src_zeropoint_ab=args.src_zeropoint,
                                          min_snr=args.min_snr)
-        summary["out_npz"] = args.output
-        _publish(local, args.output, "gen6_deep_bank", config, {"fits_dir": args.fits_dir}, summary,
-                 time.perf_counter() - t0)
+        return {**summary, "out_npz": args.output}
+
+    summary = _build_and_publish(args, "gen6_deep_bank", ".npz", {"fits_dir": args.fits_dir}, build)
     print(f"deep-bank: wrote {summary['n_written']}/{summary['n_requested']} templates to {args.output}; "
           f"cuts {summary['cuts']}; skipped {len(summary['skipped_files'])} files")
     return 0
