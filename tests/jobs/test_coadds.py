@@ -238,26 +238,19 @@ def test_nan_pixels_and_zero_coverage(broken_sky):
         assert third.ok and third.reject_reason is None
 
 
-def test_load_brick_reads_s3_like_local(tmp_path, monkeypatch):
-    from s3server import run_seaweedfs  # tests/ is on pytest's pythonpath
-
+def test_load_brick_reads_s3_like_local(tmp_path, s3_env):
     from jobs import storage
 
     cfg = SkyConfig(size_pix=200, n_lrg=2, n_field=5, n_star=2, n_bright_star=0)
     local = _write(tmp_path / "local", cfg)
-    with run_seaweedfs(tmp_path / "seaweedfs") as s3:
-        for name in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-            monkeypatch.delenv(name, raising=False)
-        for k, v in s3.env.items():
-            monkeypatch.setenv(k, v)
-        uri = f"s3://{s3.bucket}/sky-{uuid.uuid4().hex[:8]}"
-        storage.ensure_bucket(uri)
-        sky.write_sky(uri, 1, cfg, seed=11, log=open("/dev/null", "w"))  # noqa: SIM115
-        remote = load_brick(storage.join(uri, "coadd"), BRICK)
-        here = load_brick(str(local / "coadd"), BRICK)
-        assert remote.problems == {} and np.array_equal(remote.maskbits, here.maskbits)
-        for b in "grz":
-            assert np.array_equal(remote.image[b], here.image[b]) and np.array_equal(remote.invvar[b], here.invvar[b])
-        Path(coadd_file(str(local / "coadd"), BRICK, "psfsize", "z")).unlink()
-        storage.delete_file(coadd_file(storage.join(uri, "coadd"), BRICK, "psfsize", "z"))
-        assert load_brick(storage.join(uri, "coadd"), BRICK).problems == load_brick(str(local / "coadd"), BRICK).problems
+    uri = f"s3://{s3_env.bucket}/sky-{uuid.uuid4().hex[:8]}"
+    storage.ensure_bucket(uri)
+    sky.write_sky(uri, 1, cfg, seed=11, log=open("/dev/null", "w"))  # noqa: SIM115
+    remote = load_brick(storage.join(uri, "coadd"), BRICK)
+    here = load_brick(str(local / "coadd"), BRICK)
+    assert remote.problems == {} and np.array_equal(remote.maskbits, here.maskbits)
+    for b in "grz":
+        assert np.array_equal(remote.image[b], here.image[b]) and np.array_equal(remote.invvar[b], here.invvar[b])
+    Path(coadd_file(str(local / "coadd"), BRICK, "psfsize", "z")).unlink()
+    storage.delete_file(coadd_file(storage.join(uri, "coadd"), BRICK, "psfsize", "z"))
+    assert load_brick(storage.join(uri, "coadd"), BRICK).problems == load_brick(str(local / "coadd"), BRICK).problems
