@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dhs_gen.errors import InvalidValueError, check_range
+from dhs_gen.negatives import core_mask  # one disc for hard negatives, core dropout and leakage gates
 from jobs.schema import decode_image
 from jobs.shuffle_buffer import _GroupBuffer, _split_complete_groups
 from jobs.storage import resolve
@@ -112,21 +113,6 @@ def _normalize_chunk(x: np.ndarray, out: np.ndarray, border_pix: int) -> None:
     np.multiply(out, (1.0 / scale)[..., None, None].astype(np.float32), out=out)
     if not np.isfinite(out).all():
         out[~np.isfinite(out)] = 0.0
-
-
-def core_mask(h: int, w: int, radius_pix: float) -> np.ndarray:
-    """Boolean (H, W) disc of ``radius_pix`` pixels around the stamp centre.
-
-    Uses ``dhs_gen.negatives.core_mask`` when that module exists (one definition for the hard
-    negatives, core dropout and the leakage gates); else pixel centres with distance <= radius
-    from ``((H-1)/2, (W-1)/2)``.
-    """
-    try:
-        from dhs_gen.negatives import core_mask as _shared_core_mask
-    except ImportError:
-        yy, xx = np.mgrid[:h, :w]
-        return np.hypot(yy - (h - 1) / 2.0, xx - (w - 1) / 2.0) <= radius_pix
-    return np.asarray(_shared_core_mask(h, w, radius_pix), dtype=bool)
 
 
 def augment_dihedral(images: np.ndarray, ops: np.ndarray) -> np.ndarray:

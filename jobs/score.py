@@ -43,7 +43,7 @@ _MODEL_CACHE: dict = {}  # checkpoint URI -> (model, meta), one load per executo
 def core_mask(height: int, width: int, radius_pix: float) -> np.ndarray:
     """Boolean (H, W) mask of the pixels whose centre lies within ``radius_pix`` of the stamp centre.
 
-    The same disc as the training reader's core dropout (``jobs.reader.core_mask``), so the
+    The same disc as the training reader's core dropout (``dhs_gen.negatives.core_mask``), so the
     leakage gates blank exactly what core dropout blanked.
 
     Parameters
@@ -57,10 +57,10 @@ def core_mask(height: int, width: int, radius_pix: float) -> np.ndarray:
     -------
     ndarray of bool, (H, W)
     """
-    from jobs.reader import core_mask as reader_core_mask
+    from dhs_gen.negatives import core_mask as disc
 
-    radius_pix = check_range("radius_pix", radius_pix, 0.0, np.inf, lo_open=True)
-    return np.asarray(reader_core_mask(int(height), int(width), radius_pix), dtype=bool)
+    radius_pix = check_range("radius_pix", radius_pix, 0.0, np.inf, lo_open=True)  # a 0-pixel mask masks nothing
+    return disc(int(height), int(width), radius_pix)
 
 
 def apply_mask(x: np.ndarray, mask: str | None, radius_pix: float) -> np.ndarray:
