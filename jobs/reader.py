@@ -17,7 +17,6 @@ writer keeps one host's rows in one task file).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -29,6 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dhs_gen.errors import InvalidValueError, check_range
 from dhs_gen.negatives import core_mask  # one disc for hard negatives, core dropout and leakage gates
+from jobs import outputs
 from jobs.schema import decode_image
 from jobs.shuffle_buffer import _GroupBuffer, _split_complete_groups
 from jobs.storage import resolve
@@ -145,14 +145,7 @@ def dataset_files(uri_or_uris) -> list[str]:
     uri = str(uri_or_uris)
     if uri.endswith(".parquet"):
         return [uri]
-    try:
-        from jobs.outputs import dataset_files as _shared
-    except ImportError:
-        fs, path = resolve(uri)
-        with fs.open_input_file(f"{path}/_manifest.json") as f:
-            listing = json.loads(f.read().decode())
-        return [f"{uri.rstrip('/')}/{name}" for name in listing["files"]]
-    return list(_shared(uri))
+    return list(outputs.dataset_files(uri))
 
 
 def _iter_file_batches(uri: str, columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
