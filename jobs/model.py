@@ -193,10 +193,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def _git_sha() -> str | None:
-    try:
-        from jobs.outputs import git_sha  # written by another engineer; optional
-    except ImportError:
-        return None
+    from jobs.outputs import git_sha
+
     try:
         return git_sha()
     except Exception:  # noqa: BLE001 - provenance is best effort, never fatal to a training run

@@ -86,7 +86,7 @@ def load_injected(stamps_uri: str, max_rows: int = MAX_INJECTED) -> tuple[list[d
 
 
 def _npz_lens_anchors(shared: Path) -> list[dict]:
-    """The real DR10 grade-B lens-candidate cutouts read straight from their npz files (fallback)."""
+    """The real DR10 grade-B lens-candidate cutouts read straight from their npz files, as they are."""
     rows = []
     for f in sorted((shared / "dr10" / "cutouts").glob("*.npz")):
         with np.load(f, allow_pickle=False) as d:
@@ -111,8 +111,7 @@ def load_anchors(anchors_uri: str | None, shared_data_dir=None, work_dir: str | 
 
     ``anchors_uri`` is an ANCHOR_SCHEMA dataset (a committed output or a Parquet file). Without
     it, ``jobs.anchors.build_default_anchor_set`` builds the default set from the shared data
-    folder into ``work_dir``; where that module is not available the DR10 lens-candidate npz
-    cutouts are read directly.
+    folder into ``work_dir``.
     """
     if anchors_uri is None:
         shared = Path(shared_data_dir) if shared_data_dir is not None else default_shared_data_dir()
@@ -120,10 +119,8 @@ def load_anchors(anchors_uri: str | None, shared_data_dir=None, work_dir: str | 
             raise FileNotFoundError(
                 f"no anchors given and no real lens cutouts at {shared / 'dr10' / 'cutouts'}: pass --anchors "
                 "(an anchor-set Parquet) or set DHS_SHARED_DATA to the shared real-data folder")
-        try:
-            from jobs.anchors import build_default_anchor_set
-        except ImportError:
-            return _npz_lens_anchors(shared)
+        from jobs.anchors import build_default_anchor_set
+
         anchors_uri = storage.join(work_dir or ".", "anchors")
         build_default_anchor_set(str(shared), anchors_uri, size_pix=size_pix, overwrite=True)
     if str(anchors_uri).endswith(".parquet"):
