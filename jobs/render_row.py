@@ -190,12 +190,13 @@ def render_row(row: dict, cutout, cfg: ExperimentConfig, banks: dict, git_sha: s
     out = {**row, "src_mag_g": mags["g"], "src_mag_z": mags["z"], "magnification": None,
            "arc_flux_g_nmgy": 0.0, "arc_flux_r_nmgy": 0.0, "arc_flux_z_nmgy": 0.0, "arc_snr": 0.0,
            "source_template_id": None}
-    stamp = host
+    stamp, psf_e = host, None
     if row["kind"] in ("injection", "hardneg_shuffle"):
+        psf_e = arc_psf_anisotropy(row)
         cached = arc_cache.get(row["pair_id"]) if arc_cache is not None else None
         if cached is None:
             try:
-                psfs = make_psfs(fwhms, cfg, *arc_psf_anisotropy(row))
+                psfs = make_psfs(fwhms, cfg, *psf_e)
                 cached = render_arc_for_row(row, psfs, cfg, banks, cutout.lens_offset_arcsec)
             except (KeyError, ValueError) as err:
                 return rejected_row(row, f"render_failed:{type(err).__name__}:{err}"[:200], git_sha)
@@ -215,8 +216,8 @@ def render_row(row: dict, cutout, cfg: ExperimentConfig, banks: dict, git_sha: s
         noisy_arc, invvar = add_arc_photon_noise(arc, invvar, cfg.arc_gain_e_per_nmgy, row["task_id"])
         stamp = host + noisy_arc
     stamp, art_meta = apply_artifacts(stamp, row["artifact_profile"], row["pair_id"], cfg)
-    if row["kind"] != "control":
-        art_meta = {**art_meta, "arc_psf_e1e2": list(arc_psf_anisotropy(row))}
+    if psf_e is not None:
+        art_meta = {**art_meta, "arc_psf_e1e2": list(psf_e)}
     if not np.all(np.isfinite(stamp)):
         return rejected_row(row, "nonfinite_pixels", git_sha)
     out.update(image=encode_image(stamp), invvar=encode_image(invvar), image_shape=list(stamp.shape),
