@@ -258,7 +258,7 @@ def run_suite(suite: Suite, scale_name: str, out: str, spark=None, shared: Path 
         Re-run ``dhs evaluate`` even where its output is recorded.
     """
     from jobs import ablate_report
-    from jobs.demo import shared_data_dir
+    from jobs.config import shared_data_dir
 
     t0 = time.perf_counter()
     scale = scale_settings(suite, scale_name)

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,11 @@ from dhs_gen.uber.mixer import ARTIFACT_PROFILE_NAMES
 from dhs_gen.uber.mixer import SOURCE_MODES as _MIXER_SOURCE_MODES
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def shared_data_dir() -> Path:
+    """The real telescope data folder: ``$DHS_SHARED_DATA`` or ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("DHS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SOURCE_MODES = tuple(_MIXER_SOURCE_MODES)
 ARTIFACT_PROFILES = tuple(ARTIFACT_PROFILE_NAMES)
 ENGINES = ("numpy", "lenstronomy")

@@ -11,22 +11,16 @@ shared data folder (``$DHS_SHARED_DATA``) are scored as the anchor set when pres
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from jobs.config import load_config
+from jobs.config import load_config, shared_data_dir
 
 
 def _step(name: str):
     print(f"\n=== demo: {name} ===", file=sys.stderr, flush=True)
     return time.perf_counter()
-
-
-def shared_data_dir() -> Path:
-    """``$DHS_SHARED_DATA`` or ``../shared/data`` beside the repository."""
-    return Path(os.environ.get("DHS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def build_banks(out: Path, shared: Path) -> dict:

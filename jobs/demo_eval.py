@@ -10,13 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from jobs.demo import _step
+
 DEMO_TRAIN = {"epochs": 8, "batch_size": 64, "lr": 3e-3, "num_workers": 0, "device": "cpu",
               "early_stopping_patience": 3, "seed": 0}
-
-
-def _step(name: str) -> float:
-    print(f"\n=== demo: {name} ===", file=sys.stderr, flush=True)
-    return time.perf_counter()
 
 
 def build_anchors(out: Path, shared: Path) -> str | None:

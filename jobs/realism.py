@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from dhs_gen.metrics import bootstrap_ci, roc_auc
 from dhs_gen.realism import STAT_NAMES, center_crop, compare_samples, median_ratio, stamp_statistics
 from dhs_gen.utils import uniform_from_hash
 from jobs import outputs, storage
+from jobs.config import shared_data_dir as default_shared_data_dir
 from jobs.schema import decode_image
 
 #: The photometric gate: median annulus residual g flux, injected / real, must lie in
@@ -58,11 +58,6 @@ DES_NMGY_PER_COUNT = 1e-3  # DES coadds at zeropoint 30 -> nanomaggies (zeropoin
 _STAMP_COLUMNS = ["task_id", "pair_id", "kind", "label", "cutout_ok", "image", "invvar", "image_shape",
                   "pixscale_arcsec", "theta_e_arcsec", "source_mode", "artifact_profile", "arc_snr",
                   "arc_flux_r_nmgy", "psf_fwhm_r_arcsec"]
-
-
-def default_shared_data_dir() -> Path:
-    """``$DHS_SHARED_DATA`` or ``../shared/data`` beside the repository."""
-    return Path(os.environ.get("DHS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def load_injected(stamps_uri: str, max_rows: int = MAX_INJECTED) -> tuple[list[dict], list[dict]]:
