@@ -3,8 +3,11 @@
 ``run()`` writes a small synthetic stamps dataset (the stamps Parquet layout of
 ``jobs.schema.STAMP_SCHEMA``: part files + ``_manifest.json``), then measures on the same data
 
-* the reader alone: Parquet -> decode -> ``normalize_stamps`` -> augment + core dropout, stamps/s
-  in one process (DESIGN.md target: >= 20k stamps/s at 3x64x64);
+* the reader alone, as ``dhs train`` reads (train split, decode, border statistics, shuffle,
+  normalisation, core dropout; the flips/rotations are drawn and applied on the training
+  device), stamps/s in one process (DESIGN.md target: >= 20k stamps/s at 3x64x64), next to the
+  same reader with the image column at zstd's default level, with the flips/rotations in numpy,
+  and over all splits, and each reader stage alone;
 * training steps of the small CPU model (``resnet_small``): steps/s and stamps/s;
 * their ratio: reader rate / training rate (> 1: the model, not the input, limits training).
 
@@ -31,6 +34,7 @@ from scipy.signal import fftconvolve
 from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
 from dhs_gen.psf import gaussian_kernel
 from jobs.schema import STAMP_SCHEMA, encode_image
+from jobs.storage import stamp_parquet_options
 
 # Per-pixel sky noise, nanomaggies, of DR10-depth coadds in g, r, z (5-sigma point-source
 # depths ~24.0/23.5/22.7 with a 1.3" PSF give ~0.006/0.010/0.021 nmgy per 0.262" pixel).
@@ -75,7 +79,7 @@ def make_synthetic_stamps(out_dir: str, n_hosts: int = 200, n_files: int = 4, si
                           snr_range: tuple[float, float] = (20.0, 40.0), splits=("train", "val", "test"),
                           split_probs=(0.7, 0.15, 0.15), reject_frac: float = 0.0, seed: int = 0,
                           hardneg: bool = False, theta_e_range: tuple[float, float] = (0.8, 2.5),
-                          image_dictionary: bool = True) -> dict:
+                          image_zstd_level: int | None = None) -> dict:
     """Write a stamps dataset: per host one injection (label 1) and its paired control (label 0).
 
     Parameters
@@ -100,9 +104,10 @@ def make_synthetic_stamps(out_dir: str, n_hosts: int = 200, n_files: int = 4, si
         Also write a ``hardneg_shuffle`` row per host (control + the arc's pixels shuffled).
     theta_e_range : (float, float)
         Uniform range of the Einstein radius, arcsec.
-    image_dictionary : bool
-        Let Parquet try dictionary encoding on the ``image``/``invvar`` columns (pyarrow's default,
-        what ``jobs.stage`` writes today); False writes them PLAIN (the bench compares both).
+    image_zstd_level : int, optional
+        zstd level of the ``image`` column; None: the level stage 4c writes
+        (``jobs.storage.IMAGE_ZSTD_LEVEL``). Like 4c, each file is sorted by split and cut into
+        row groups (<= 256 rows) of one split.
 
     Returns
     -------
@@ -150,12 +155,20 @@ def make_synthetic_stamps(out_dir: str, n_hosts: int = 200, n_files: int = 4, si
         })
     os.makedirs(out_dir, exist_ok=True)
     names = []
+    options = stamp_parquet_options(STAMP_SCHEMA.names)
+    if image_zstd_level is not None:
+        options["compression_level"] = {"image": image_zstd_level}
     for k, part in enumerate(parts):
         name = f"part-{k:05d}.parquet"
-        table = pa.Table.from_pylist(part, schema=STAMP_SCHEMA)
-        dictionary = True if image_dictionary else [c for c in STAMP_SCHEMA.names if c not in ("image", "invvar")]
-        pq.write_table(table, os.path.join(out_dir, name), compression="zstd", row_group_size=256,
-                       use_dictionary=dictionary)
+        part = sorted(part, key=lambda r: splits.index(r["split"]))  # stable: pairs stay adjacent
+        with pq.ParquetWriter(os.path.join(out_dir, name), STAMP_SCHEMA, **options) as writer:
+            start = 0
+            while start < len(part):
+                end = start + 1
+                while end < len(part) and end - start < 256 and part[end]["split"] == part[start]["split"]:
+                    end += 1
+                writer.write_table(pa.Table.from_pylist(part[start:end], schema=STAMP_SCHEMA))
+                start = end
         names.append(name)
     with open(os.path.join(out_dir, "_manifest.json"), "w") as f:
         json.dump({"stage": "synthetic-stamps", "files": names, "rows": len(rows)}, f)
@@ -171,14 +184,22 @@ def _rate(fn, n_items: int, repeats: int = 3) -> float:
     return repeats * n_items / (time.perf_counter() - t0)
 
 
-def bench_reader(uri: str, batch_size: int = 256, repeats: int = 3) -> float:
-    """Reader stamps/s in this process (decode + normalise + augment + core dropout, no model)."""
+def bench_reader(uri: str, split: str | None = "train", defer_dihedral: bool = True, batch_size: int = 256,
+                 repeats: int = 3) -> float:
+    """Reader stamps/s in this process, as ``dhs train`` reads: the ``split`` rows, decoded,
+    normalised, shuffled, augmented (drawn only with ``defer_dihedral``) and core-dropped."""
     from jobs.reader import StampStream
 
-    ds = StampStream(uri, split=None, batch_size=batch_size, shuffle_buffer=1024, seed=0, augment=True,
-                     core_dropout_p=0.5, core_radius_pix=5)
+    ds = StampStream(uri, split=split, batch_size=batch_size, shuffle_buffer=1024, seed=0, augment=True,
+                     core_dropout_p=0.5, core_radius_pix=5, defer_dihedral=defer_dihedral)
+    return _rate_epochs(ds, repeats)
+
+
+def _rate_epochs(ds, repeats: int) -> float:
+    for _ in ds:  # warm-up epoch (page cache, allocator)
+        pass
     n, t0 = 0, time.perf_counter()
-    for epoch in range(repeats):
+    for epoch in range(1, repeats + 1):
         ds.set_epoch(epoch)
         for b in ds:
             n += len(b["label"])
@@ -186,15 +207,12 @@ def bench_reader(uri: str, batch_size: int = 256, repeats: int = 3) -> float:
 
 
 def bench_reader_stages(uri: str) -> dict:
-    """Stamps/s of each reader stage alone: Parquet read + decode, normalise, augment + core dropout."""
-    from jobs.reader import (
-        _decode_images,
-        _iter_file_batches,
-        augment_dihedral,
-        core_mask,
-        dataset_files,
-        normalize_stamps,
-    )
+    """Stamps/s of each reader stage alone: Parquet read + decode, border statistics, normalisation
+    of a gathered batch, dihedral maps in numpy (reader) and in torch (training device, here CPU)."""
+    import torch
+
+    from jobs.preprocess import apply_stats_, augment_dihedral, border_stats, dihedral_torch
+    from jobs.reader import _decode_images, _iter_file_batches, dataset_files
 
     files = dataset_files(uri)
     cols = ["image", "image_shape", "label", "split", "cutout_ok"]
@@ -206,17 +224,14 @@ def bench_reader_stages(uri: str) -> dict:
     arrays = read()
     n = sum(len(a) for a in arrays)
     x = np.concatenate(arrays[:2])
+    med, inv = border_stats(x)
     rng = np.random.default_rng(0)
-    disc = core_mask(x.shape[-2], x.shape[-1], 5.0)
-
-    def augment():
-        y = x.copy()  # the batch copy the reader's buffer makes
-        augment_dihedral(y, rng.integers(0, 8, len(y)))
-        rows = np.flatnonzero(rng.random(len(y)) < 0.5)
-        y[rows[:, None, None], np.arange(y.shape[1])[None, :, None], *np.nonzero(disc)] = 0.0
-
-    return {"read+decode": _rate(read, n), "normalise": _rate(lambda: normalize_stamps(x), len(x)),
-            "augment+dropout": _rate(augment, len(x))}
+    ops = rng.integers(0, 8, len(x))
+    xt, ops_t = torch.from_numpy(x), torch.from_numpy(ops)
+    return {"read+decode": _rate(read, n), "border stats": _rate(lambda: border_stats(x), len(x)),
+            "normalise": _rate(lambda: apply_stats_(x.copy(), med, inv), len(x)),
+            "dihedral numpy": _rate(lambda: augment_dihedral(x.copy(), ops), len(x)),
+            "dihedral torch": _rate(lambda: dihedral_torch(xt, ops_t), len(x))}
 
 
 def bench_training(uri: str, batch_size: int = 64, steps: int = 20) -> tuple[float, float]:
@@ -250,50 +265,58 @@ def bench_training(uri: str, batch_size: int = 64, steps: int = 20) -> tuple[flo
     return steps / dt, steps * batch_size / dt
 
 
-def _recompress_images(src_dir: str, dst_dir: str, codec: str) -> str:
-    """A copy of a stamps dataset whose image/invvar columns use ``codec`` (the rest stays zstd)."""
-    import shutil
-
-    os.makedirs(dst_dir, exist_ok=True)
-    for name in sorted(os.listdir(src_dir)):
+def _image_column_bytes(directory: str) -> tuple[int, int]:
+    """(compressed, uncompressed) bytes of the ``image`` column over a dataset's part files."""
+    comp = raw = 0
+    for name in sorted(os.listdir(directory)):
         if name.endswith(".parquet"):
-            table = pq.read_table(os.path.join(src_dir, name))
-            codecs = {c: codec if c in ("image", "invvar") else "zstd" for c in table.column_names}
-            pq.write_table(table, os.path.join(dst_dir, name), compression=codecs, row_group_size=256,
-                           use_dictionary=[c for c in table.column_names if c not in ("image", "invvar")])
-        else:
-            shutil.copy(os.path.join(src_dir, name), dst_dir)
-    return dst_dir
+            md = pq.ParquetFile(os.path.join(directory, name)).metadata
+            for i in range(md.num_row_groups):
+                for j in range(md.num_columns):
+                    col = md.row_group(i).column(j)
+                    if col.path_in_schema == "image":
+                        comp, raw = comp + col.total_compressed_size, raw + col.total_uncompressed_size
+    return comp, raw
 
 
 def run() -> None:
     """Print the benchmark lines (< 60 s on 2 CPU cores)."""
     import torch
 
+    from jobs.storage import IMAGE_ZSTD_LEVEL
+
     with tempfile.TemporaryDirectory(prefix="dhs-bench-train-") as tmp:
         t0 = time.perf_counter()
-        default_dir, plain_dir = os.path.join(tmp, "default"), os.path.join(tmp, "plain")
-        info = make_synthetic_stamps(default_dir, n_hosts=1024, n_files=4, seed=1)
-        make_synthetic_stamps(plain_dir, n_hosts=1024, n_files=4, seed=1, image_dictionary=False)
-        print(f"training: synthetic stamps {info['n_rows']} rows 3x64x64 float32, zstd, 256-row groups, "
-              f"{time.perf_counter() - t0:.1f} s")
-        for label, d in (("image dictionary on (pyarrow default)", default_dir), ("image PLAIN", plain_dir)):
+        fast_dir, default_dir = os.path.join(tmp, "fast"), os.path.join(tmp, "default")
+        info = make_synthetic_stamps(fast_dir, n_hosts=1536, n_files=4, seed=1)
+        make_synthetic_stamps(default_dir, n_hosts=1536, n_files=4, seed=1, image_zstd_level=1)
+        n_train = sum(v for (split, _), v in info["counts"].items() if split == "train")
+        print(f"training: synthetic stamps {info['n_rows']} rows ({n_train} train) 3x64x64 float32, zstd, "
+              f"row groups of one split (as stage 4c writes), {time.perf_counter() - t0:.1f} s")
+        sizes = {d: _image_column_bytes(d) for d in (fast_dir, default_dir)}
+        print(f"training: image column compression {sizes[fast_dir][1] / sizes[fast_dir][0]:.2f}x at zstd level "
+              f"{IMAGE_ZSTD_LEVEL} (4c), {sizes[default_dir][1] / sizes[default_dir][0]:.2f}x at level 1 "
+              f"(pyarrow default): {sizes[fast_dir][0] / sizes[default_dir][0]:.2f}x the bytes")
+        for label, d in ((f"zstd level {IMAGE_ZSTD_LEVEL}, as 4c writes", fast_dir), ("zstd level 1", default_dir)):
             stages = bench_reader_stages(d)
             parts = ", ".join(f"{k} {v:,.0f}" for k, v in stages.items())
             print(f"training: reader stages alone [{label}]: {parts} stamps/s")
-        lz4_dir = _recompress_images(plain_dir, os.path.join(tmp, "lz4"), "lz4")
-        rates = {label: bench_reader(d) for label, d in (("dictionary", default_dir), ("plain", plain_dir),
-                                                         ("lz4", lz4_dir))}
-        print(f"training: reader end-to-end, 1 process (read+decode+normalise+shuffle+augment+core dropout): "
-              f"{rates['dictionary']:,.0f} stamps/s [image dictionary], {rates['plain']:,.0f} [image PLAIN, "
-              f"as 4c writes], {rates['lz4']:,.0f} [image PLAIN + lz4 instead of zstd] (target >= 20,000)")
-        steps_s, train_rate = bench_training(default_dir)
+        rates = {"train": bench_reader(fast_dir), "numpy": bench_reader(fast_dir, defer_dihedral=False),
+                 "level1": bench_reader(default_dir), "all": bench_reader(fast_dir, split=None)}
+        print(f"training: reader end-to-end, 1 process, as dhs train reads (train split; read, decode, border "
+              f"stats, shuffle, normalise, core dropout; flips/rotations drawn, applied on the training device): "
+              f"{rates['train']:,.0f} stamps/s (target >= 20,000)")
+        print(f"training: same reader with flips/rotations applied in numpy {rates['numpy']:,.0f} = "
+              f"{rates['numpy'] / rates['train']:.2f}x; image at zstd level 1 {rates['level1']:,.0f} = "
+              f"{rates['level1'] / rates['train']:.2f}x; all splits (no row group skipped) {rates['all']:,.0f} = "
+              f"{rates['all'] / rates['train']:.2f}x")
+        steps_s, train_rate = bench_training(fast_dir)
         print(f"training: resnet_small CPU train step, batch 64, {torch.get_num_threads()} threads: "
               f"{steps_s:.2f} steps/s = {train_rate:,.0f} stamps/s")
-        ratio = rates["dictionary"] / train_rate
+        ratio = rates["train"] / train_rate
         verdict = "not input-bound" if ratio > 1 else "INPUT-BOUND"
         print(f"training: reader/train ratio {ratio:.1f}x -> CPU training {verdict}; "
-              f"a GPU at R stamps/s needs ~R/{rates['dictionary']:,.0f} reader workers")
+              f"a GPU at R stamps/s needs ~R/{rates['train']:,.0f} reader workers")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def inject_rows(rows: Iterable[dict], cfg: ExperimentConfig, coadd_root: str, gi
 
 def inject_batches(batches: Iterable[pa.RecordBatch], cfg: ExperimentConfig, coadd_root: str,
                    git_sha: str) -> Iterator[pa.Table]:
-    """Arrow manifest batches -> Arrow stamp tables of at most OUTPUT_BATCH_ROWS rows."""
+    """Arrow manifest batches (sorted by split, brick) -> Arrow stamp tables of at most
+    OUTPUT_BATCH_ROWS rows, each of one split (each becomes one Parquet row group)."""
 
     def rows():
         for batch in batches:
@@ -70,6 +71,10 @@ def inject_batches(batches: Iterable[pa.RecordBatch], cfg: ExperimentConfig, coa
 
     buf = []
     for out in inject_rows(rows(), cfg, coadd_root, git_sha):
+        if buf and out["split"] != buf[-1]["split"]:
+            # One split per row group: the training reader skips the others' row groups unread.
+            yield pa.Table.from_pylist(buf, schema=STAMP_SCHEMA)
+            buf = []
         buf.append(out)
         if len(buf) >= OUTPUT_BATCH_ROWS:
             yield pa.Table.from_pylist(buf, schema=STAMP_SCHEMA)
@@ -114,7 +119,9 @@ def run(manifest_uri: str, coadds_uri: str, out_uri: str, partitions: int = 4, o
     git_sha = outputs.git_sha()
     spark = spark or get_spark("dhs-4c-inject")
     df = read_manifest_df(spark, manifest_uri)
-    df = df.repartition(partitions, "brickname").sortWithinPartitions("brickname", "task_id")
+    # The split is a function of the brick, so sorting by split first keeps each brick's rows
+    # together and lets a partition's output cut into row groups of one split each.
+    df = df.repartition(partitions, "brickname").sortWithinPartitions("split", "brickname", "task_id")
     run_id, reports = stage.run_partitions(df, lambda b: inject_batches(b, cfg, coadd_root, git_sha),
                                            out_uri, STAMP_SCHEMA)
     seconds = time.perf_counter() - t0

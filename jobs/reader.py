@@ -1,9 +1,11 @@
 """Streaming training reader: stamps Parquet -> normalised, augmented torch batches.
 
 The dataset is never loaded whole: each worker streams Arrow record batches from its share of
-the part files, keeps only rows of the wanted ``split`` with ``cutout_ok == 1``, decodes the
-``image`` bytes without a per-row copy, normalises them (:func:`normalize_stamps`, the one
-preprocessing shared with scoring) and passes them through a fixed-size shuffle buffer. Memory
+the part files (skipping row groups of other splits), keeps only rows of the wanted ``split``
+with ``cutout_ok == 1``, views the ``image`` bytes in place, measures each stamp's border
+statistics and passes the raw stamps through a fixed-size shuffle buffer; a batch is gathered
+from the buffer with its dihedral map and normalised on the way out (the values of
+:func:`jobs.preprocess.normalize_stamps`, the one preprocessing shared with scoring). Memory
 per worker is one record batch plus the buffer (``shuffle_buffer`` stamps, ~49 kB each at
 3x64x64 float32), whatever the dataset size.
 
@@ -29,113 +31,17 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dhs_gen.errors import InvalidValueError, check_range
 from dhs_gen.negatives import core_mask  # one disc for hard negatives, core dropout and leakage gates
 from jobs import outputs
+from jobs.preprocess import apply_stats_, augment_dihedral, border_stats
 from jobs.schema import decode_image
 from jobs.shuffle_buffer import _GroupBuffer, _split_complete_groups
-from jobs.storage import resolve
+from jobs.storage import open_for_read
 
-# Width (pixels) of the stamp border whose pixels set the background level and noise scale:
-# 4 px (1.05") is 960 of 4096 pixels at 64x64, clear of arcs (theta_E <= 3" = 11.5 px from the
-# centre, the frame starts 28 px out).
-NORM_BORDER_PIX = 4
-# Every other frame pixel: 480 samples per band at 64x64 (MAD to ~5%), and numpy's partition is
-# ~4x faster per pixel below ~500 elements than at 960 (measured), the reader's hot spot.
-NORM_SAMPLE_STRIDE = 2
-_NORM_CHUNK = 64
-MAD_TO_SIGMA = 1.4826  # sigma / MAD of a Gaussian
 SPLITS = ("train", "val", "test")
 # Columns the reader always needs; metadata columns come on top.
 _BASE_COLUMNS = ("image", "image_shape", "label", "split", "cutout_ok")
-
-
-def _border_pixels(images: np.ndarray, width: int) -> np.ndarray:
-    """(N, B, H, W) -> (N, B, M) pixels of the outer frame of ``width`` pixels."""
-    n, b, h, w = images.shape
-    parts = [images[:, :, :width, :], images[:, :, h - width:, :],
-             images[:, :, width:h - width, :width], images[:, :, width:h - width, w - width:]]
-    return np.concatenate([p.reshape(n, b, -1) for p in parts], axis=-1)
-
-
-def normalize_stamps(images: np.ndarray, border_pix: int = NORM_BORDER_PIX) -> np.ndarray:
-    """Robust per-stamp, per-band normalisation: ``(x - median) / (1.4826 * MAD)`` of the border.
-
-    The median and MAD come from the outer frame of ``border_pix`` pixels (mostly sky; every
-    other pixel of it, see ``NORM_SAMPLE_STRIDE``), so the output is in units of the background
-    noise sigma with the sky at 0, insensitive to the host, the arc or a bright outlier. Where the
-    border MAD is 0 (a constant or zero-filled border) the whole band's MAD about its median is used, and where that
-    is 0 too, the scale is 1. Non-finite pixels become 0 (the background level).
-
-    Parameters
-    ----------
-    images : np.ndarray
-        ``(N, B, H, W)`` or ``(B, H, W)`` stamps in nanomaggies per pixel.
-    border_pix : int
-        Width of the frame used for the statistics, in pixels (< min(H, W) / 2).
-
-    Returns
-    -------
-    np.ndarray
-        float32 array of the input's shape, dimensionless (background sigma units). A new array;
-        the input is not modified.
-    """
-    x = np.asarray(images, dtype=np.float32)
-    single = x.ndim == 3
-    if single:
-        x = x[None]
-    if x.ndim != 4:
-        raise InvalidValueError("images", x, "must have shape (N, bands, H, W) or (bands, H, W)")
-    n, b, h, w = x.shape
-    check_range("border_pix", border_pix, 1, (min(h, w) - 1) // 2)
-    out = np.empty_like(x)
-    # Chunks of _NORM_CHUNK stamps keep the working set in cache (1.5x faster than one pass).
-    for s in range(0, n, _NORM_CHUNK):
-        _normalize_chunk(x[s:s + _NORM_CHUNK], out[s:s + _NORM_CHUNK], int(border_pix))
-    return out[0] if single else out
-
-
-def _normalize_chunk(x: np.ndarray, out: np.ndarray, border_pix: int) -> None:
-    frame = np.ascontiguousarray(_border_pixels(x, border_pix)[..., ::NORM_SAMPLE_STRIDE])
-    k = frame.shape[-1] // 2  # the (M//2)-th order statistic: one in-place partition per statistic
-    frame.partition(k, axis=-1)
-    med = frame[..., k].copy()
-    np.abs(np.subtract(frame, med[..., None], out=frame), out=frame)
-    frame.partition(k, axis=-1)
-    scale = MAD_TO_SIGMA * frame[..., k]
-    bad = ~(scale > 0)
-    if bad.any():
-        # Guard MAD = 0: fall back to the whole band, then to 1 (never divide by zero).
-        rows, bands = np.nonzero(bad)
-        whole = x[rows, bands].reshape(len(rows), -1)
-        kw = whole.shape[-1] // 2
-        med_whole = np.partition(whole, kw, axis=-1)[:, kw]
-        mad_whole = np.partition(np.abs(whole - med_whole[:, None]), kw, axis=-1)[:, kw]
-        scale[rows, bands] = np.where(mad_whole > 0, MAD_TO_SIGMA * mad_whole, 1.0)
-    np.subtract(x, med[..., None, None], out=out)
-    np.multiply(out, (1.0 / scale)[..., None, None].astype(np.float32), out=out)
-    if not np.isfinite(out).all():
-        out[~np.isfinite(out)] = 0.0
-
-
-def augment_dihedral(images: np.ndarray, ops: np.ndarray) -> np.ndarray:
-    """Apply one of the 8 flips/90-degree rotations to each stamp, in place.
-
-    Parameters
-    ----------
-    images : np.ndarray
-        ``(N, B, H, W)`` with H == W (any unit; values are only moved).
-    ops : np.ndarray
-        ``(N,)`` ints in [0, 8): ``op % 4`` quarter turns, then a left-right flip if ``op >= 4``.
-
-    Returns
-    -------
-    np.ndarray
-        ``images``, transformed.
-    """
-    for op in range(1, 8):
-        idx = np.flatnonzero(ops == op)
-        if idx.size:
-            t = np.rot90(images[idx], op % 4, axes=(-2, -1))
-            images[idx] = t[..., ::-1] if op >= 4 else t
-    return images
+# Stamps copied out of the shuffle buffer and normalised at a time: ~0.8 MB at 3x64x64, so the
+# normalisation passes run in cache.
+_GATHER_CHUNK = 16
 
 
 def dataset_files(uri_or_uris) -> list[str]:
@@ -148,19 +54,37 @@ def dataset_files(uri_or_uris) -> list[str]:
     return list(outputs.dataset_files(uri))
 
 
-def _iter_file_batches(uri: str, columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+def _may_hold_split(row_group: pq.RowGroupMetaData, split: str | None) -> bool:
+    """False only when the row group's ``split`` statistics exclude ``split`` (then it is skipped)."""
+    if split is None:
+        return True
+    for j in range(row_group.num_columns):
+        col = row_group.column(j)
+        if col.path_in_schema == "split":
+            st = col.statistics
+            return st is None or not st.has_min_max or st.min <= split <= st.max
+    return True
+
+
+def _iter_file_batches(uri: str, columns: Sequence[str], batch_rows: int, split: str | None = None
+                       ) -> Iterator[pa.RecordBatch]:
     """Record batches of one Parquet file, at most ``batch_rows`` rows each.
 
-    Batches follow the file's row groups when those are no larger than ``batch_rows``: a batch
-    that spans two row groups costs a concatenation copy, which halves the read rate (measured:
-    27k vs 15k stamps/s for 256-row groups read as 256- vs 512-row batches).
+    Row groups whose ``split`` statistics rule out ``split`` are not read at all: stage 4c sorts
+    a partition by split then brick, so most row groups hold one split, and training does not
+    decompress the validation and test stamps. Batches follow the file's row groups when those
+    are no larger than ``batch_rows``: a batch that spans two row groups costs a concatenation
+    copy, which halves the read rate (measured: 27k vs 15k stamps/s for 256-row groups read as
+    256- vs 512-row batches).
     """
-    fs, path = resolve(uri)
-    with fs.open_input_file(path) as f:
+    with open_for_read(uri) as f:
         pf = pq.ParquetFile(f)
-        group_rows = max((pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)), default=0)
+        groups = [i for i in range(pf.num_row_groups) if _may_hold_split(pf.metadata.row_group(i), split)]
+        if not groups:
+            return
+        group_rows = max(pf.metadata.row_group(i).num_rows for i in groups)
         rows = group_rows if 0 < group_rows <= batch_rows else batch_rows
-        yield from pf.iter_batches(batch_size=rows, columns=list(columns))
+        yield from pf.iter_batches(batch_size=rows, row_groups=groups, columns=list(columns))
 
 
 def _decode_images(col: pa.Array, shapes: pa.Array) -> np.ndarray:
@@ -182,6 +106,9 @@ def _decode_images(col: pa.Array, shapes: pa.Array) -> np.ndarray:
 
 class StampStream(IterableDataset):
     """Iterable of batches ``{"image": (N,B,H,W) float32 tensor, "label": (N,) float32 tensor, meta...}``.
+
+    Batches also hold ``core_dropped`` (bool, with ``core_dropout_p > 0``), ``dihedral_op``
+    (with ``defer_dihedral``) and ``pair_id`` (with ``paired``).
 
     Parameters
     ----------
@@ -211,12 +138,17 @@ class StampStream(IterableDataset):
         Most rows per Arrow record batch read from Parquet (a file's row group when smaller).
     drop_last : bool
         Drop a final batch smaller than ``batch_size`` (training with BatchNorm).
+    defer_dihedral : bool
+        With ``augment``: draw each stamp's flip/rotation but do not apply it; the batch carries
+        it as ``dihedral_op`` (int64, see :func:`jobs.preprocess.dihedral_view`) for
+        :func:`jobs.preprocess.dihedral_torch` on the training device. Same draws, same result
+        (core dropout's disc is symmetric under the 8 maps), a third of the reader's CPU time.
     """
 
     def __init__(self, uris, split: str | None = "train", batch_size: int = 256, shuffle_buffer: int = 2048,
                  seed: int = 0, augment: bool = False, core_dropout_p: float = 0.0, core_radius_pix: float = 5.0,
                  paired: bool = False, columns: Sequence[str] = (), read_batch_rows: int = 1024,
-                 drop_last: bool = False):
+                 drop_last: bool = False, defer_dihedral: bool = False):
         super().__init__()
         self.files = dataset_files(uris)
         if split is not None and split not in SPLITS:
@@ -232,6 +164,7 @@ class StampStream(IterableDataset):
         self.columns = tuple(c for c in columns if c not in ("image", "label"))
         self.read_batch_rows = int(check_range("read_batch_rows", read_batch_rows, 1, 1 << 20))
         self.drop_last = bool(drop_last)
+        self.defer_dihedral = bool(defer_dihedral)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -248,11 +181,17 @@ class StampStream(IterableDataset):
         for uri in files:
             counts = self._pair_counts(uri) if self.paired else {}
             carry: dict | None = None  # rows of groups not yet complete (paired mode)
-            for batch in _iter_file_batches(uri, read_cols, self.read_batch_rows):
-                batch = batch.filter(self._keep_mask(batch))
-                if batch.num_rows == 0:
+            for batch in _iter_file_batches(uri, read_cols, self.read_batch_rows, split=self.split):
+                keep = self._keep_mask(batch)
+                n_keep = pc.sum(pc.cast(keep, pa.int64())).as_py() or 0
+                if n_keep == 0:
                     continue
-                cols = {"image": _decode_images(batch.column("image"), batch.column("image_shape")),
+                if n_keep < batch.num_rows:
+                    batch = batch.filter(keep)  # the one copy of kept rows; none when all are kept
+                images = _decode_images(batch.column("image"), batch.column("image_shape"))
+                # Statistics now (border pixels only), applied when the batch is gathered.
+                median, inv_scale = border_stats(images)
+                cols = {"image": images, "_median": median, "_inv_scale": inv_scale,
                         "label": batch.column("label").to_numpy(zero_copy_only=False).astype(np.float32)}
                 for c in self.columns:
                     arr = batch.column(c)
@@ -298,23 +237,34 @@ class StampStream(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, worker_id])
         buffer = _GroupBuffer(max(self.shuffle_buffer, self.batch_size))
         for cols, sizes in self._chunks(files):
-            cols["image"] = normalize_stamps(cols["image"])
             buffer.add(cols, sizes)
             while buffer.n_rows >= max(self.shuffle_buffer, self.batch_size):
-                yield self._finish(buffer.pop(self.batch_size, rng if shuffle else None), rng)
+                yield self._batch(buffer, buffer.pop_slots(self.batch_size, rng if shuffle else None), rng)
         while buffer.n_rows:
-            batch = buffer.pop(self.batch_size, rng if shuffle else None)
-            if self.drop_last and len(batch["label"]) < self.batch_size:
+            slots = buffer.pop_slots(self.batch_size, rng if shuffle else None)
+            if self.drop_last and len(slots) < self.batch_size:
                 break
-            yield self._finish(batch, rng)
+            yield self._batch(buffer, slots, rng)
 
-    def _finish(self, batch: dict, rng: np.random.Generator) -> dict:
-        """Augmentation and core dropout (in place on the batch's own copy), then tensors."""
-        images = batch["image"]
-        n, _, h, w = images.shape
+    def _batch(self, buffer: _GroupBuffer, slots: np.ndarray, rng: np.random.Generator) -> dict:
+        """Gather the rows in ``slots``: normalised, augmented and core-dropped images, then tensors."""
+        pool = buffer.cols
+        n = len(slots)
+        ops = rng.integers(0, 8, size=n) if self.augment else None
+        images = np.empty((n, *pool["image"].shape[1:]), dtype=np.float32)
+        for s in range(0, n, _GATHER_CHUNK):
+            # Normalise each chunk right after copying it out of the buffer, while it is in cache.
+            chunk, cs = slice(s, s + _GATHER_CHUNK), slots[s:s + _GATHER_CHUNK]
+            # mode="clip": with the default mode, take copies through a temporary (numpy docs).
+            np.take(pool["image"], cs, axis=0, out=images[chunk], mode="clip")
+            apply_stats_(images[chunk], pool["_median"][cs], pool["_inv_scale"][cs])
         out = {}
-        if self.augment:
-            augment_dihedral(images, rng.integers(0, 8, size=n))
+        if ops is not None:
+            if self.defer_dihedral:
+                out["dihedral_op"] = torch.from_numpy(ops)
+            else:
+                augment_dihedral(images, ops)
+        _, _, h, w = images.shape
         if self.core_dropout_p > 0:
             drop = rng.random(n) < self.core_dropout_p
             if drop.any():
@@ -324,19 +274,20 @@ class StampStream(IterableDataset):
                 images[rows[:, None, None], np.arange(images.shape[1])[None, :, None], yy, xx] = 0.0
             out["core_dropped"] = torch.from_numpy(drop)
         out["image"] = torch.from_numpy(images)
-        out["label"] = torch.from_numpy(batch["label"])
+        out["label"] = torch.from_numpy(pool["label"][slots])
         for c in self.columns:
-            v = batch[c]
+            v = pool[c][slots]
             out[c] = v.tolist() if v.dtype == object else torch.from_numpy(v)
         if self.paired:
-            out["pair_id"] = batch["_pair_id"].tolist()
+            out["pair_id"] = pool["_pair_id"][slots].tolist()
         return out
 
 
 def make_loader(uris, split: str | None = "train", batch_size: int = 256, shuffle_buffer: int = 2048,
                 seed: int = 0, num_workers: int = 0, augment: bool = False, core_dropout_p: float = 0.0,
                 core_radius_pix: float = 5.0, paired: bool = False, columns: Sequence[str] = (),
-                drop_last: bool = False, read_batch_rows: int = 1024, pin_memory: bool = False) -> DataLoader:
+                drop_last: bool = False, read_batch_rows: int = 1024, pin_memory: bool = False,
+                defer_dihedral: bool = False) -> DataLoader:
     """A :class:`torch.utils.data.DataLoader` over a :class:`StampStream` (batches made by the stream).
 
     Parameters are those of :class:`StampStream`, plus ``num_workers`` (processes; part files are
@@ -345,7 +296,8 @@ def make_loader(uris, split: str | None = "train", batch_size: int = 256, shuffl
     """
     ds = StampStream(uris, split=split, batch_size=batch_size, shuffle_buffer=shuffle_buffer, seed=seed,
                      augment=augment, core_dropout_p=core_dropout_p, core_radius_pix=core_radius_pix,
-                     paired=paired, columns=columns, read_batch_rows=read_batch_rows, drop_last=drop_last)
+                     paired=paired, columns=columns, read_batch_rows=read_batch_rows, drop_last=drop_last,
+                     defer_dihedral=defer_dihedral)
     check_range("num_workers", num_workers, 0, 256)
     g = torch.Generator()
     g.manual_seed(int(seed))

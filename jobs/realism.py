@@ -211,7 +211,7 @@ def cnn_features(checkpoint: str, crops: list[np.ndarray]) -> np.ndarray:
     import torch
 
     from jobs.model import load_checkpoint
-    from jobs.reader import normalize_stamps
+    from jobs.preprocess import normalize_stamps
 
     model, _ = load_checkpoint(checkpoint)
     x = torch.from_numpy(normalize_stamps(np.stack(crops).astype(np.float32)))

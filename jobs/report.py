@@ -59,7 +59,7 @@ def collect_stamps(stamps_uri: str, df: pd.DataFrame, cfg, gallery_size: int = 1
     """
     from jobs.evaluate import CentralPixels, central_pixel_features, leakage_sample
     from jobs.outputs import dataset_files
-    from jobs.reader import normalize_stamps
+    from jobs.preprocess import normalize_stamps
     from jobs.score import _open_parquet, predict_proba
 
     gallery_ids = {

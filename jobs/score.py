@@ -6,7 +6,7 @@ Output rows carry the id (``task_id`` or ``anchor_id``), ``score`` (sigmoid prob
 [0, 1]), ``score_status`` and every input column except the pixel columns (``image``,
 ``invvar``). Rows that cannot be scored (``cutout_ok = 0``, no image, image bytes that do not
 match ``image_shape``) are kept with a null score and their status, and counted: nothing is
-dropped. Preprocessing is ``jobs.reader.normalize_stamps``, the one shared with training.
+dropped. Preprocessing is ``jobs.preprocess.normalize_stamps``, the one shared with training.
 
 Leakage masks (Gen5-Prime gates) name the region that is *masked*, after normalisation, to
 0 (the normalised sky level): ``--mask core`` blanks pixels whose centre is within
@@ -128,7 +128,7 @@ def predict_proba(model, images: np.ndarray, mask: str | None = None,
     """
     import torch
 
-    from jobs.reader import normalize_stamps
+    from jobs.preprocess import normalize_stamps
 
     out = np.empty(len(images), dtype=np.float64)
     device = next(model.parameters()).device

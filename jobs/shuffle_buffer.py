@@ -2,7 +2,7 @@
 
 :func:`_split_complete_groups` splits decoded rows into complete ``pair_id`` groups and the rest
 (carried to the next record batch); :class:`_GroupBuffer` holds groups in fixed-capacity slots and
-pops whole groups, drawn at random or in insertion order, totalling at most one batch. Used by
+frees whole groups, drawn at random or in insertion order, totalling at most one batch. Used by
 :class:`jobs.reader.StampStream`.
 """
 
@@ -66,8 +66,12 @@ class _GroupBuffer:
         self.next_group += len(sizes)
         self.n_rows += n
 
-    def pop(self, batch_size: int, rng: np.random.Generator | None) -> dict:
-        """Remove and return whole groups totalling <= batch_size rows (at least one group)."""
+    def pop_slots(self, batch_size: int, rng: np.random.Generator | None) -> np.ndarray:
+        """Free and return the slots of whole groups totalling <= batch_size rows (at least one group).
+
+        Groups are drawn at random (``rng``) or in insertion order (None); the slots come in the
+        drawn group order. Read their rows from :attr:`cols` before the next :meth:`add`.
+        """
         occupied = np.flatnonzero(self.group >= 0)
         gids, gsize = np.unique(self.group[occupied], return_counts=True)
         order = rng.permutation(len(gids)) if rng is not None else np.arange(len(gids))
@@ -79,7 +83,6 @@ class _GroupBuffer:
         rank = np.empty(len(gids), dtype=np.int64)
         rank[take] = np.arange(len(take))
         slots = slots[np.argsort(rank[np.searchsorted(gids, self.group[slots])], kind="stable")]
-        out = {k: v[slots] for k, v in self.cols.items()}
         self.group[slots] = -1
         self.n_rows -= len(slots)
-        return out
+        return slots

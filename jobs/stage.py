@@ -87,11 +87,8 @@ class AttemptWriter:
             fs, path = storage.resolve(self.uri)
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             self._stream = fs.open_output_stream(path)
-            # Dictionary-encoding float image bytes costs read time and saves nothing.
-            plain = {"image", "invvar"}
-            dict_cols = [n for n in self.schema.names if n not in plain]
-            self._writer = pq.ParquetWriter(self._stream, self.schema, compression="zstd",
-                                            use_dictionary=dict_cols)
+            self._writer = pq.ParquetWriter(self._stream, self.schema,
+                                            **storage.stamp_parquet_options(self.schema.names))
         self._writer.write_table(table)
         self.rows += table.num_rows
         if "reject_reason" in table.column_names:

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from dhs_gen.errors import ConfigError
 from dhs_gen.metrics import roc_auc
 from jobs.model import ModelConfig, build_model, load_checkpoint, save_checkpoint
+from jobs.preprocess import dihedral_torch
 from jobs.reader import count_rows, make_loader
 from jobs.storage import is_s3, resolve
 
@@ -306,7 +307,7 @@ def train(stamps_uri, out_dir: str, cfg: TrainConfig, resume_from: str | None = 
           f"device {device}", flush=True)
     loader = make_loader(stamps_uri, "train", cfg.batch_size, cfg.shuffle_buffer, cfg.seed, cfg.num_workers,
                          cfg.augment, cfg.core_dropout_p, cfg.core_radius_pix, cfg.paired,
-                         pin_memory=device.type == "cuda")
+                         pin_memory=device.type == "cuda", defer_dihedral=True)
     val_loader = make_loader(stamps_uri, "val", 2 * cfg.batch_size, 0, cfg.seed, cfg.num_workers,
                              pin_memory=device.type == "cuda")
     stopped_early = False
@@ -325,6 +326,8 @@ def train(stamps_uri, out_dir: str, cfg: TrainConfig, resume_from: str | None = 
             if len(batch["label"]) < 2:
                 continue  # BatchNorm cannot train on one stamp (only a tiny last batch)
             x, y = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
+            if "dihedral_op" in batch:  # the reader's drawn flips/rotations, applied on the device
+                x = dihedral_torch(x, batch["dihedral_op"].to(device, non_blocking=True))
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, enabled=amp):
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)

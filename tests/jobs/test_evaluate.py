@@ -21,7 +21,7 @@ from jobs.evaluate import (
     compute_metrics,
     gate,
 )
-from jobs.reader import normalize_stamps
+from jobs.preprocess import normalize_stamps
 
 PIX = 0.262
 

@@ -8,7 +8,8 @@ from astropy.stats import mad_std
 
 import jobs.reader as reader
 from bench.training import make_synthetic_stamps
-from jobs.reader import StampStream, count_rows, make_loader, normalize_stamps
+from jobs.preprocess import normalize_stamps
+from jobs.reader import StampStream, count_rows, make_loader
 
 META = ("task_id", "split", "kind", "pair_id", "cutout_ok")
 
@@ -134,8 +135,8 @@ def test_reader_never_holds_the_whole_dataset(stamps, monkeypatch):
     read_sizes, buffer_sizes = [], []
     real_iter, real_grow = reader._iter_file_batches, reader._GroupBuffer._grow
 
-    def spy_iter(u, cols, rows):
-        for b in real_iter(u, cols, rows):
+    def spy_iter(u, cols, rows, **kw):
+        for b in real_iter(u, cols, rows, **kw):
             read_sizes.append(b.num_rows)
             yield b
 

@@ -12,7 +12,7 @@ import torch
 
 from dhs_gen.psf import gaussian_kernel
 from jobs.model import ModelConfig, build_model, save_checkpoint
-from jobs.reader import normalize_stamps
+from jobs.preprocess import normalize_stamps
 from jobs.schema import STAMP_SCHEMA, encode_image
 from jobs.score import score_table, scored_schema
 

@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from bench.training import make_synthetic_stamps
 from dhs_gen.errors import ConfigError
 from jobs.model import load_checkpoint
-from jobs.reader import normalize_stamps
+from jobs.preprocess import normalize_stamps
 from jobs.schema import decode_image
 from jobs.train import TrainConfig, load_train_config, main, train
 
