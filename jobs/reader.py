@@ -33,7 +33,7 @@ from dhs_gen.negatives import core_mask  # one disc for hard negatives, core dro
 from jobs import outputs
 from jobs.preprocess import apply_stats_, augment_dihedral, border_stats
 from jobs.schema import decode_image
-from jobs.shuffle_buffer import _GroupBuffer, _split_complete_groups
+from jobs.shuffle_buffer import _ChunkBuffer, _split_complete_groups
 from jobs.storage import open_for_read
 
 SPLITS = ("train", "val", "test")
@@ -188,10 +188,7 @@ class StampStream(IterableDataset):
                     continue
                 if n_keep < batch.num_rows:
                     batch = batch.filter(keep)  # the one copy of kept rows; none when all are kept
-                images = _decode_images(batch.column("image"), batch.column("image_shape"))
-                # Statistics now (border pixels only), applied when the batch is gathered.
-                median, inv_scale = border_stats(images)
-                cols = {"image": images, "_median": median, "_inv_scale": inv_scale,
+                cols = {"image": _decode_images(batch.column("image"), batch.column("image_shape")),
                         "label": batch.column("label").to_numpy(zero_copy_only=False).astype(np.float32)}
                 for c in self.columns:
                     arr = batch.column(c)
@@ -235,29 +232,34 @@ class StampStream(IterableDataset):
             files = [files[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(files))]
         files = files[worker_id::n_workers]
         rng = np.random.default_rng([self.seed, self.epoch, worker_id])
-        buffer = _GroupBuffer(max(self.shuffle_buffer, self.batch_size))
+        hold = max(self.shuffle_buffer, self.batch_size)
+        buffer = _ChunkBuffer(dead_limit=hold)
         for cols, sizes in self._chunks(files):
             buffer.add(cols, sizes)
-            while buffer.n_rows >= max(self.shuffle_buffer, self.batch_size):
-                yield self._batch(buffer, buffer.pop_slots(self.batch_size, rng if shuffle else None), rng)
+            while buffer.n_rows >= hold:
+                yield self._batch(buffer.pop(self.batch_size, rng if shuffle else None), rng)
         while buffer.n_rows:
-            slots = buffer.pop_slots(self.batch_size, rng if shuffle else None)
-            if self.drop_last and len(slots) < self.batch_size:
+            parts = buffer.pop(self.batch_size, rng if shuffle else None)
+            if self.drop_last and sum(len(rows) for _, rows in parts) < self.batch_size:
                 break
-            yield self._batch(buffer, slots, rng)
+            yield self._batch(parts, rng)
 
-    def _batch(self, buffer: _GroupBuffer, slots: np.ndarray, rng: np.random.Generator) -> dict:
-        """Gather the rows in ``slots``: normalised, augmented and core-dropped images, then tensors."""
-        pool = buffer.cols
-        n = len(slots)
+    def _batch(self, parts: list[tuple[dict, np.ndarray]], rng: np.random.Generator) -> dict:
+        """Gather the drawn rows (``(chunk columns, rows)`` pairs): normalised, augmented and
+        core-dropped images, then tensors."""
+        n = sum(len(rows) for _, rows in parts)
         ops = rng.integers(0, 8, size=n) if self.augment else None
-        images = np.empty((n, *pool["image"].shape[1:]), dtype=np.float32)
-        for s in range(0, n, _GATHER_CHUNK):
-            # Normalise each chunk right after copying it out of the buffer, while it is in cache.
-            chunk, cs = slice(s, s + _GATHER_CHUNK), slots[s:s + _GATHER_CHUNK]
-            # mode="clip": with the default mode, take copies through a temporary (numpy docs).
-            np.take(pool["image"], cs, axis=0, out=images[chunk], mode="clip")
-            apply_stats_(images[chunk], pool["_median"][cs], pool["_inv_scale"][cs])
+        images = np.empty((n, *parts[0][0]["image"].shape[1:]), dtype=np.float32)
+        s = 0
+        for cols, rows in parts:
+            for r in range(0, len(rows), _GATHER_CHUNK):
+                # Copy a few stamps out, then measure and normalise them while they are in cache.
+                cs = rows[r:r + _GATHER_CHUNK]
+                chunk = images[s:s + len(cs)]
+                # mode="clip": with the default mode, take copies through a temporary (numpy docs).
+                np.take(cols["image"], cs, axis=0, out=chunk, mode="clip")
+                apply_stats_(chunk, *border_stats(chunk))
+                s += len(cs)
         out = {}
         if ops is not None:
             if self.defer_dihedral:
@@ -274,13 +276,17 @@ class StampStream(IterableDataset):
                 images[rows[:, None, None], np.arange(images.shape[1])[None, :, None], yy, xx] = 0.0
             out["core_dropped"] = torch.from_numpy(drop)
         out["image"] = torch.from_numpy(images)
-        out["label"] = torch.from_numpy(pool["label"][slots])
+        out["label"] = torch.from_numpy(_gather(parts, "label"))
         for c in self.columns:
-            v = pool[c][slots]
+            v = _gather(parts, c)
             out[c] = v.tolist() if v.dtype == object else torch.from_numpy(v)
         if self.paired:
-            out["pair_id"] = pool["_pair_id"][slots].tolist()
+            out["pair_id"] = _gather(parts, "_pair_id").tolist()
         return out
+
+
+def _gather(parts: list[tuple[dict, np.ndarray]], column: str) -> np.ndarray:
+    return np.concatenate([cols[column][rows] for cols, rows in parts])
 
 
 def make_loader(uris, split: str | None = "train", batch_size: int = 256, shuffle_buffer: int = 2048,

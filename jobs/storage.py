@@ -52,6 +52,8 @@ def stamp_parquet_options(names: Sequence[str]) -> dict:
     return {"compression": PARQUET_COMPRESSION,
             "compression_level": {"image": IMAGE_ZSTD_LEVEL} if "image" in names else None,
             "use_dictionary": [n for n in names if n not in PIXEL_COLUMNS]}
+
+
 _S3_SCHEMES = ("s3://", "s3a://")
 
 

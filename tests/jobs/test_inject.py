@@ -107,3 +107,22 @@ def test_bad_inputs_become_rejected_rows(small_sky, small_manifest, spark, tmp_p
     assert any(k.startswith("missing_band:r") for k in reasons)
     assert any(k.startswith("corrupt_fits:z") for k in reasons)
     assert m["rows_rejected"] == sum(reasons.values())
+
+
+def test_row_groups_hold_one_split_and_pixels_are_not_dictionary_encoded(stamps):
+    import pyarrow.parquet as pq
+
+    splits_seen = set()
+    for f in outputs.dataset_files(str(stamps)):
+        meta = pq.ParquetFile(f).metadata
+        names = [meta.schema.column(j).path for j in range(meta.num_columns)]
+        for i in range(meta.num_row_groups):
+            rg = meta.row_group(i)
+            split = rg.column(names.index("split")).statistics
+            assert split.min == split.max  # the reader skips other splits' row groups by these stats
+            splits_seen.add(split.min)
+            image = rg.column(names.index("image"))
+            assert image.compression == "ZSTD"
+            assert not any("DICT" in e for e in image.encodings)
+    # Bricks (and so splits) of the small sky: at least two splits, so the check above bites.
+    assert len(splits_seen) >= 2

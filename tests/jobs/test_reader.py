@@ -1,15 +1,18 @@
-"""jobs.reader: normalisation, streaming, filtering, determinism, augmentation, core dropout, pairs."""
+"""jobs.reader: streaming, normalised batches, filtering, determinism, augmentation, core dropout, pairs."""
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
-from astropy.stats import mad_std
+import torch
 
 import jobs.reader as reader
 from bench.training import make_synthetic_stamps
-from jobs.preprocess import normalize_stamps
+from jobs.preprocess import dihedral_torch, normalize_stamps
 from jobs.reader import StampStream, count_rows, make_loader
+from jobs.schema import decode_image
+from jobs.shuffle_buffer import _ChunkBuffer
 
 META = ("task_id", "split", "kind", "pair_id", "cutout_ok")
 
@@ -29,79 +32,6 @@ def _expected_ids(info, split=None):
 
 def _all(stream):
     return list(stream)
-
-
-# ---------------------------------------------------------------------------------------------
-# normalize_stamps
-
-
-def _frame(x, w=4):
-    m = np.ones(x.shape[-2:], bool)
-    m[w:-w, w:-w] = False
-    return x[..., m]
-
-
-def test_normalised_sky_has_zero_median_and_unit_sigma():
-    rng = np.random.default_rng(0)
-    sigma = np.array([0.006, 0.01, 0.02])
-    sky = np.array([0.1, -0.05, 0.3])
-    x = (sky[None, :, None, None] + sigma[None, :, None, None] * rng.normal(size=(50, 3, 64, 64))).astype(np.float32)
-    y = normalize_stamps(x)
-    assert y.dtype == np.float32 and y.shape == x.shape
-    # Oracle: astropy's MAD-based sigma of each whole normalised band. The border uses 480 samples,
-    # so the per-stamp scale scatters by 1.17/sqrt(480) = 5.3%; 4 sigma = 21%. Mean over 50 stamps: 3%.
-    s = mad_std(y.reshape(50, 3, -1), axis=-1)
-    assert np.all(np.abs(s - 1) < 0.21)
-    assert abs(s.mean() - 1) < 0.03
-    # Median of the sky scatters by 1.25/sqrt(480) = 0.057 sigma; 5 sigma = 0.29.
-    assert np.all(np.abs(np.median(y.reshape(50, 3, -1), axis=-1)) < 0.29)
-
-
-def test_normalisation_ignores_the_host_and_a_bright_outlier():
-    rng = np.random.default_rng(1)
-    x = (0.01 * rng.normal(size=(3, 64, 64))).astype(np.float32)
-    yy, xx = np.mgrid[:64, :64] - 31.5
-    bright = x + 50.0 * np.exp(-0.5 * (xx**2 + yy**2) / 3.0**2)[None].astype(np.float32)  # bright host
-    bright[:, 1, 1] = 1e6  # a saturated star / cosmic ray in the border
-    bright[:, 62, 5] = -1e4  # and a hole
-    a, b = normalize_stamps(x), normalize_stamps(bright)
-    diff = np.abs(a - b)[:, 10:20, 40:60]  # sky pixels away from host and outliers
-    # Two samples out of 480 move the median/MAD by <= 2 order statistics: ~1% of sigma.
-    assert diff.max() < 0.02
-    assert np.isfinite(b).all()
-
-
-def test_single_stamp_and_input_untouched():
-    rng = np.random.default_rng(2)
-    x = rng.normal(size=(3, 16, 16)).astype(np.float32)
-    keep = x.copy()
-    y = normalize_stamps(x)
-    assert y.shape == (3, 16, 16)
-    np.testing.assert_array_equal(x, keep)
-    np.testing.assert_array_equal(y, normalize_stamps(x[None])[0])
-
-
-def test_mad_zero_guard_and_non_finite_pixels():
-    rng = np.random.default_rng(3)
-    x = np.zeros((2, 3, 64, 64), np.float32)
-    x[0, :, 4:60, 4:60] = rng.normal(size=(3, 56, 56))  # zero-padded border (stamp off a brick edge)
-    x[1, 1, 5, 5] = np.nan                               # stamp 1: constant (zero) bands and a NaN
-    y = normalize_stamps(x)
-    assert np.isfinite(y).all()
-    # Stamp 0: border MAD is 0, so the scale falls back to the whole-band MAD (astropy oracle; it
-    # averages the two middle order statistics where the reader takes one: 1/(n pdf) ~ 3e-4 apart).
-    whole = mad_std(x[0].reshape(3, -1), axis=-1)
-    np.testing.assert_allclose(y[0, :, 32, 32], x[0, :, 32, 32] / whole, rtol=2e-3)
-    assert np.all(y[1] == 0)
-
-
-def test_bad_shapes_raise():
-    from dhs_gen.errors import InvalidValueError, RangeError
-
-    with pytest.raises(InvalidValueError):
-        normalize_stamps(np.zeros((32, 32), np.float32))
-    with pytest.raises(RangeError):
-        normalize_stamps(np.zeros((1, 3, 8, 8), np.float32), border_pix=4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,25 +63,27 @@ def test_counts_and_filtering(stamps, split):
 def test_reader_never_holds_the_whole_dataset(stamps, monkeypatch):
     uri, info = stamps
     read_sizes, buffer_sizes = [], []
-    real_iter, real_grow = reader._iter_file_batches, reader._GroupBuffer._grow
+    real_iter, real_add = reader._iter_file_batches, reader._ChunkBuffer.add
 
     def spy_iter(u, cols, rows, **kw):
         for b in real_iter(u, cols, rows, **kw):
             read_sizes.append(b.num_rows)
             yield b
 
-    def spy_grow(self, cols, need):
-        real_grow(self, cols, need)
-        buffer_sizes.append(len(self.group))
+    def spy_add(self, cols, sizes):
+        real_add(self, cols, sizes)
+        buffer_sizes.append(self.n_held)
+        assert self.n_held == sum(len(c["image"]) for c in self.chunks)
 
     monkeypatch.setattr(reader, "_iter_file_batches", spy_iter)
-    monkeypatch.setattr(reader._GroupBuffer, "_grow", spy_grow)
+    monkeypatch.setattr(reader._ChunkBuffer, "add", spy_add)
     n = sum(len(b["label"]) for b in StampStream(uri, split=None, batch_size=8, shuffle_buffer=20,
                                                  read_batch_rows=6))
     assert n == len(_expected_ids(info))
     assert max(read_sizes) <= 6
-    # Buffer slots: shuffle buffer plus one record batch at most, far below the 180 rows.
-    assert max(buffer_sizes) <= 2 * (20 + 6)
+    # Rows held (drawn rows of partly drawn chunks included): below one buffer of live rows plus
+    # one record batch plus one buffer of drawn rows, far below the 180 rows.
+    assert max(buffer_sizes) <= 2 * 20 + 6
     assert max(buffer_sizes) < len(info["rows"]) / 3
 
 
@@ -162,6 +94,68 @@ def test_single_file_uri_and_list_of_uris(stamps):
     b = sum(len(b["label"]) for b in StampStream(files[0], split=None, shuffle_buffer=0))
     c = sum(len(b["label"]) for b in StampStream(files[1], split=None, shuffle_buffer=0))
     assert a == b + c > 0
+
+
+def _raw_images(uri, info):
+    """task_id -> raw stamp, read with pyarrow and the checked per-row decoder (the oracle)."""
+    out = {}
+    for f in info["files"]:
+        t = pq.read_table(f"{uri}/{f}", columns=["task_id", "image", "image_shape"]).to_pylist()
+        out.update({r["task_id"]: decode_image(r["image"], tuple(r["image_shape"])) for r in t})
+    return out
+
+
+def test_batches_hold_exactly_the_normalised_stamps(stamps):
+    uri, info = stamps
+    raw = _raw_images(uri, info)
+    for shuffle in (0, 32):
+        for b in StampStream(uri, split=None, batch_size=16, shuffle_buffer=shuffle, seed=7, columns=("task_id",)):
+            want = normalize_stamps(np.stack([raw[t] for t in b["task_id"]]))
+            np.testing.assert_array_equal(b["image"].numpy().view(np.uint32), want.view(np.uint32))
+
+
+def test_row_groups_of_other_splits_are_not_read(stamps):
+    uri, info = stamps
+    cols = ["task_id", "split", "cutout_ok"]
+    for split in ("train", "val", "test"):
+        got = [b for f in info["files"] for b in reader._iter_file_batches(f"{uri}/{f}", cols, 1024, split=split)]
+        assert all(set(b.column("split").to_pylist()) == {split} for b in got)
+        assert sum(b.num_rows for b in got) == sum(1 for r in info["rows"] if r[2] == split)
+    assert sum(b.num_rows for b in reader._iter_file_batches(f"{uri}/{info['files'][0]}", cols, 1024)) > 0
+
+
+def test_chunk_buffer_draws_every_row_once_and_bounds_what_it_holds():
+    rng = np.random.default_rng(0)
+    buf, seen, held, next_row = _ChunkBuffer(dead_limit=40), [], [], 0
+    while next_row < 2000 or buf.n_rows:
+        if next_row < 2000:
+            n = min(int(rng.integers(1, 30)), 2000 - next_row)
+            rows = np.arange(next_row, next_row + n)
+            next_row += n
+            buf.add({"label": rows.astype(np.float32), "row": rows}, np.ones(n, dtype=np.int64))
+            held.append(buf.n_held)
+        while buf.n_rows >= 40 or (next_row >= 2000 and buf.n_rows):
+            parts = buf.pop(16, rng)
+            got = np.concatenate([c["row"][r] for c, r in parts])
+            assert 1 <= len(got) <= 16
+            seen.extend(got.tolist())
+            assert buf.n_held == sum(len(c["row"]) for c in buf.chunks)
+            assert buf.n_held - buf.n_rows <= 40  # drawn rows still held: compacted away past the limit
+    assert sorted(seen) == list(range(2000))
+    assert seen != sorted(seen)  # drawn at random
+    assert max(held) <= 40 + 29 + 40
+
+
+def test_deferred_dihedral_on_the_device_equals_the_reader_applying_it(stamps):
+    uri, _ = stamps
+    kw = dict(split=None, batch_size=16, shuffle_buffer=32, seed=3, augment=True, core_dropout_p=0.5,
+              columns=("task_id",))
+    now, later = _all(StampStream(uri, **kw)), _all(StampStream(uri, defer_dihedral=True, **kw))
+    assert _ids(now) == _ids(later)
+    for a, b in zip(now, later, strict=True):
+        assert "dihedral_op" not in a and b["dihedral_op"].dtype == torch.int64
+        np.testing.assert_array_equal(a["core_dropped"].numpy(), b["core_dropped"].numpy())
+        np.testing.assert_array_equal(a["image"].numpy(), dihedral_torch(b["image"], b["dihedral_op"]).numpy())
 
 
 # ---------------------------------------------------------------------------------------------
