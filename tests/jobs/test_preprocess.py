@@ -7,9 +7,14 @@ import pytest
 import torch
 from astropy.stats import mad_std
 
-from jobs.preprocess import (apply_stats_, augment_dihedral, border_stats, dihedral_torch, dihedral_view,
-                             normalize_stamps)
-
+from jobs.preprocess import (
+    apply_stats_,
+    augment_dihedral,
+    border_stats,
+    dihedral_torch,
+    dihedral_view,
+    normalize_stamps,
+)
 
 # ---------------------------------------------------------------------------------------------
 # normalize_stamps
