@@ -7,7 +7,7 @@
   normalisation, core dropout; the flips/rotations are drawn and applied on the training
   device), stamps/s in one process (DESIGN.md target: >= 20k stamps/s at 3x64x64), next to the
   same reader with the image column at zstd's default level, with the flips/rotations in numpy,
-  and over all splits, and each reader stage alone;
+  and on row groups of mixed splits, and each reader stage alone;
 * training steps of the small CPU model (``resnet_small``): steps/s and stamps/s;
 * their ratio: reader rate / training rate (> 1: the model, not the input, limits training).
 
@@ -79,7 +79,7 @@ def make_synthetic_stamps(out_dir: str, n_hosts: int = 200, n_files: int = 4, si
                           snr_range: tuple[float, float] = (20.0, 40.0), splits=("train", "val", "test"),
                           split_probs=(0.7, 0.15, 0.15), reject_frac: float = 0.0, seed: int = 0,
                           hardneg: bool = False, theta_e_range: tuple[float, float] = (0.8, 2.5),
-                          image_zstd_level: int | None = None) -> dict:
+                          image_zstd_level: int | None = None, one_split_row_groups: bool = True) -> dict:
     """Write a stamps dataset: per host one injection (label 1) and its paired control (label 0).
 
     Parameters
@@ -105,9 +105,11 @@ def make_synthetic_stamps(out_dir: str, n_hosts: int = 200, n_files: int = 4, si
     theta_e_range : (float, float)
         Uniform range of the Einstein radius, arcsec.
     image_zstd_level : int, optional
-        zstd level of the ``image`` column; None: the level stage 4c writes
-        (``jobs.storage.IMAGE_ZSTD_LEVEL``). Like 4c, each file is sorted by split and cut into
-        row groups (<= 256 rows) of one split.
+        Compress the ``image`` column with zstd at this level; None: as stage 4c writes it
+        (``jobs.storage.IMAGE_COMPRESSION``).
+    one_split_row_groups : bool
+        Like 4c, sort each file by split and cut it into row groups (<= 256 rows) of one split;
+        False: 256-row groups in host order, splits mixed (no row group can be skipped).
 
     Returns
     -------
@@ -155,17 +157,20 @@ def make_synthetic_stamps(out_dir: str, n_hosts: int = 200, n_files: int = 4, si
         })
     os.makedirs(out_dir, exist_ok=True)
     names = []
-    options = stamp_parquet_options(STAMP_SCHEMA.names)
+    options = stamp_parquet_options(STAMP_SCHEMA)
     if image_zstd_level is not None:
+        options["compression"]["image"] = "zstd"
         options["compression_level"] = {"image": image_zstd_level}
     for k, part in enumerate(parts):
         name = f"part-{k:05d}.parquet"
-        part = sorted(part, key=lambda r: splits.index(r["split"]))  # stable: pairs stay adjacent
+        if one_split_row_groups:
+            part = sorted(part, key=lambda r: splits.index(r["split"]))  # stable: pairs stay adjacent
         with pq.ParquetWriter(os.path.join(out_dir, name), STAMP_SCHEMA, **options) as writer:
             start = 0
             while start < len(part):
                 end = start + 1
-                while end < len(part) and end - start < 256 and part[end]["split"] == part[start]["split"]:
+                while end < len(part) and end - start < 256 and (
+                        part[end]["split"] == part[start]["split"] or not one_split_row_groups):
                     end += 1
                 writer.write_table(pa.Table.from_pylist(part[start:end], schema=STAMP_SCHEMA))
                 start = end
@@ -184,26 +189,28 @@ def _rate(fn, n_items: int, repeats: int = 3) -> float:
     return repeats * n_items / (time.perf_counter() - t0)
 
 
-def bench_reader(uri: str, split: str | None = "train", defer_dihedral: bool = True, batch_size: int = 256,
-                 repeats: int = 3) -> float:
-    """Reader stamps/s in this process, as ``dhs train`` reads: the ``split`` rows, decoded,
-    normalised, shuffled, augmented (drawn only with ``defer_dihedral``) and core-dropped."""
+def _reader(uri, split: str | None = "train", defer_dihedral: bool = True, batch_size: int = 256):
+    """The reader as ``dhs train`` reads: the ``split`` rows, decoded, normalised, shuffled,
+    augmented (drawn only with ``defer_dihedral``) and core-dropped."""
     from jobs.reader import StampStream
 
-    ds = StampStream(uri, split=split, batch_size=batch_size, shuffle_buffer=1024, seed=0, augment=True,
-                     core_dropout_p=0.5, core_radius_pix=5, defer_dihedral=defer_dihedral)
-    return _rate_epochs(ds, repeats)
+    return StampStream(uri, split=split, batch_size=batch_size, shuffle_buffer=1024, seed=0, augment=True,
+                       core_dropout_p=0.5, core_radius_pix=5, defer_dihedral=defer_dihedral)
 
 
-def _rate_epochs(ds, repeats: int) -> float:
-    for _ in ds:  # warm-up epoch (page cache, allocator)
-        pass
-    n, t0 = 0, time.perf_counter()
-    for epoch in range(1, repeats + 1):
-        ds.set_epoch(epoch)
-        for b in ds:
-            n += len(b["label"])
-    return n / (time.perf_counter() - t0)
+def bench_readers(streams: dict, rounds: int) -> dict:
+    """Stamps/s per epoch of each stream, epochs interleaved round-robin (``rounds`` each, after
+    one warm-up epoch each) so that a slow spell of a shared machine hits every variant alike."""
+    rates: dict = {k: [] for k in streams}
+    for epoch in range(rounds + 1):
+        for name, ds in streams.items():
+            ds.set_epoch(epoch)
+            n, t0 = 0, time.perf_counter()
+            for b in ds:
+                n += len(b["label"])
+            if epoch:
+                rates[name].append(n / (time.perf_counter() - t0))
+    return rates
 
 
 def bench_reader_stages(uri: str) -> dict:
@@ -279,37 +286,77 @@ def _image_column_bytes(directory: str) -> tuple[int, int]:
     return comp, raw
 
 
+def real_cutout_compression() -> dict | None:
+    """Compression ratio of the ``image`` column on the real DR10 cutouts of the shared data
+    (non-overlapping 50x50 grz tiles, so no tile repeats another's pixels) per codec; None when
+    the shared data is absent."""
+    import glob
+    import io
+
+    from jobs.config import shared_data_dir
+
+    files = sorted(glob.glob(str(shared_data_dir() / "dr10" / "cutouts" / "*.npz")))
+    if not files:
+        return None
+    tiles = []
+    for f in files:
+        cut = np.load(f)["cutout"].astype(np.float32)  # (H, W, grz)
+        for y in range(0, cut.shape[0] - 49, 50):
+            for x in range(0, cut.shape[1] - 49, 50):
+                tiles.append(np.ascontiguousarray(cut[y:y + 50, x:x + 50].transpose(2, 0, 1)).tobytes())
+    table = pa.table({"image": tiles})
+    ratios = {}
+    for name, kw in (("zstd level -1", {"compression": "zstd", "compression_level": -1}),
+                     ("zstd level 1", {"compression": "zstd", "compression_level": 1}), ("lz4", {"compression": "lz4"})):
+        buf = io.BytesIO()
+        pq.write_table(table, buf, use_dictionary=False, **kw)
+        md = pq.ParquetFile(io.BytesIO(buf.getvalue())).metadata.row_group(0).column(0)
+        ratios[name] = md.total_uncompressed_size / md.total_compressed_size
+    return {"tiles": len(tiles), "files": len(files), "ratios": ratios}
+
+
 def run() -> None:
     """Print the benchmark lines (< 60 s on 2 CPU cores)."""
     import torch
 
-    from jobs.storage import IMAGE_ZSTD_LEVEL
-
     with tempfile.TemporaryDirectory(prefix="dhs-bench-train-") as tmp:
         t0 = time.perf_counter()
-        fast_dir, default_dir = os.path.join(tmp, "fast"), os.path.join(tmp, "default")
+        fast_dir, default_dir, mixed_dir = (os.path.join(tmp, d) for d in ("fast", "default", "mixed"))
         info = make_synthetic_stamps(fast_dir, n_hosts=1536, n_files=4, seed=1)
         make_synthetic_stamps(default_dir, n_hosts=1536, n_files=4, seed=1, image_zstd_level=1)
+        make_synthetic_stamps(mixed_dir, n_hosts=1536, n_files=4, seed=1, one_split_row_groups=False)
         n_train = sum(v for (split, _), v in info["counts"].items() if split == "train")
-        print(f"training: synthetic stamps {info['n_rows']} rows ({n_train} train) 3x64x64 float32, zstd, "
-              f"row groups of one split (as stage 4c writes), {time.perf_counter() - t0:.1f} s")
-        sizes = {d: _image_column_bytes(d) for d in (fast_dir, default_dir)}
-        print(f"training: image column compression {sizes[fast_dir][1] / sizes[fast_dir][0]:.2f}x at zstd level "
-              f"{IMAGE_ZSTD_LEVEL} (4c), {sizes[default_dir][1] / sizes[default_dir][0]:.2f}x at level 1 "
-              f"(pyarrow default): {sizes[fast_dir][0] / sizes[default_dir][0]:.2f}x the bytes")
-        for label, d in ((f"zstd level {IMAGE_ZSTD_LEVEL}, as 4c writes", fast_dir), ("zstd level 1", default_dir)):
+        print(f"training: synthetic stamps {info['n_rows']} rows ({n_train} train) 3x64x64 float32, image "
+              f"uncompressed, row groups of one split (as stage 4c writes), {time.perf_counter() - t0:.1f} s")
+        real = real_cutout_compression()
+        if real is None:
+            print("training: image compression on real DR10 cutouts: skipped (no shared data at $DHS_SHARED_DATA)")
+        else:
+            ratios = ", ".join(f"{k} {v:.2f}x" for k, v in real["ratios"].items())
+            print(f"training: image compression on real DR10 cutouts ({real['tiles']} 3x50x50 tiles of "
+                  f"{real['files']} cutouts): {ratios} (why stage 4c stores the column uncompressed)")
+        comp, raw = _image_column_bytes(default_dir)
+        print(f"training: image compression on these synthetic stamps (more compressible than real): "
+              f"zstd level 1 {raw / comp:.2f}x")
+        for label, d in (("image uncompressed, as 4c writes", fast_dir), ("image at zstd level 1", default_dir)):
             stages = bench_reader_stages(d)
             parts = ", ".join(f"{k} {v:,.0f}" for k, v in stages.items())
             print(f"training: reader stages alone [{label}]: {parts} stamps/s")
-        rates = {"train": bench_reader(fast_dir), "numpy": bench_reader(fast_dir, defer_dihedral=False),
-                 "level1": bench_reader(default_dir), "all": bench_reader(fast_dir, split=None)}
-        print(f"training: reader end-to-end, 1 process, as dhs train reads (train split; read, decode, border "
-              f"stats, shuffle, normalise, core dropout; flips/rotations drawn, applied on the training device): "
-              f"{rates['train']:,.0f} stamps/s (target >= 20,000)")
+        # An epoch over 32 part files (the 4 written, each listed 8 times: ~17k train stamps), so the
+        # per-epoch costs (buffer fill, file opens) weigh as little as in a survey-scale epoch.
+        fast, default, mixed = [fast_dir] * 8, [default_dir] * 8, [mixed_dir] * 8
+        runs = bench_readers({"train": _reader(fast), "numpy": _reader(fast, defer_dihedral=False),
+                              "level1": _reader(default), "mixed": _reader(mixed)}, rounds=5)
+        rates = {k: float(np.median(v)) for k, v in runs.items()}
+        spread = f"{min(runs['train']):,.0f}-{max(runs['train']):,.0f}"
+        print(f"training: reader end-to-end, 1 process, as dhs train reads (train split; read, decode, shuffle, "
+              f"border stats, normalise, core dropout; flips/rotations drawn, applied on the training device), "
+              f"median of {len(runs['train'])} epochs interleaved with the variants below: "
+              f"{rates['train']:,.0f} stamps/s (epochs {spread}; target >= 20,000)")
         print(f"training: same reader with flips/rotations applied in numpy {rates['numpy']:,.0f} = "
               f"{rates['numpy'] / rates['train']:.2f}x; image at zstd level 1 {rates['level1']:,.0f} = "
-              f"{rates['level1'] / rates['train']:.2f}x; all splits (no row group skipped) {rates['all']:,.0f} = "
-              f"{rates['all'] / rates['train']:.2f}x")
+              f"{rates['level1'] / rates['train']:.2f}x; row groups of mixed splits (none skipped) "
+              f"{rates['mixed']:,.0f} = {rates['mixed'] / rates['train']:.2f}x")
         steps_s, train_rate = bench_training(fast_dir)
         print(f"training: resnet_small CPU train step, batch 64, {torch.get_num_threads()} threads: "
               f"{steps_s:.2f} steps/s = {train_rate:,.0f} stamps/s")

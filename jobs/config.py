@@ -30,6 +30,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 def shared_data_dir() -> Path:
     """The real telescope data folder: ``$DHS_SHARED_DATA`` or ``../shared/data`` beside the repository."""
     return Path(os.environ.get("DHS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
 SOURCE_MODES = tuple(_MIXER_SOURCE_MODES)
 ARTIFACT_PROFILES = tuple(ARTIFACT_PROFILE_NAMES)
 ENGINES = ("numpy", "lenstronomy")

@@ -88,7 +88,7 @@ class AttemptWriter:
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             self._stream = fs.open_output_stream(path)
             self._writer = pq.ParquetWriter(self._stream, self.schema,
-                                            **storage.stamp_parquet_options(self.schema.names))
+                                            **storage.stamp_parquet_options(self.schema))
         self._writer.write_table(table)
         self.rows += table.num_rows
         if "reject_reason" in table.column_names:
