@@ -95,10 +95,8 @@ def run() -> str:
         lines.append(f"peak Python worker memory: {m1['extra']['peak_worker_rss_mb']:.0f} MB with 1 partition "
                      f"({n} rows in one task), {m8['extra']['peak_worker_rss_mb']:.0f} MB with 16 partitions; "
                      f"ratio {m1['extra']['peak_worker_rss_mb'] / max(m8['extra']['peak_worker_rss_mb'], 1):.2f} (bounded: ~1)")
-    text = "\n".join(lines)
-    print(text)
-    return text
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    run()
+    print(run())
