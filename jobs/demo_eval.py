@@ -25,7 +25,7 @@ def build_anchors(out: Path, shared: Path) -> str | None:
     from jobs.anchors import build_default_anchor_set
 
     uri = str(out / "anchors")
-    build_default_anchor_set(str(shared), uri)
+    build_default_anchor_set(str(shared), uri, overwrite=True)
     return uri
 
 
