@@ -2,12 +2,13 @@
 
 The dataset is never loaded whole: each worker streams Arrow record batches from its share of
 the part files (skipping row groups of other splits), keeps only rows of the wanted ``split``
-with ``cutout_ok == 1``, views the ``image`` bytes in place, measures each stamp's border
-statistics and passes the raw stamps through a fixed-size shuffle buffer; a batch is gathered
-from the buffer with its dihedral map and normalised on the way out (the values of
-:func:`jobs.preprocess.normalize_stamps`, the one preprocessing shared with scoring). Memory
-per worker is one record batch plus the buffer (``shuffle_buffer`` stamps, ~49 kB each at
-3x64x64 float32), whatever the dataset size.
+with ``cutout_ok == 1`` and views the ``image`` bytes in place; those record batches themselves
+are the shuffle buffer (:class:`jobs.shuffle_buffer._ChunkBuffer`, no copy in). A batch is
+gathered from them 32 stamps at a time, each piece measured (border statistics) and normalised
+while in cache: the values of :func:`jobs.preprocess.normalize_stamps`, the one preprocessing
+shared with scoring. The flips/rotations are applied here or, with ``defer_dihedral``, on the
+training device. Memory per worker is at most ~2x ``shuffle_buffer`` stamps (~49 kB each at
+3x64x64 float32) plus one record batch, whatever the dataset size.
 
 Determinism: file order, buffer draws, augmentation and core dropout come from
 ``numpy.random.default_rng([seed, epoch, worker_id])``; the same seed, epoch and worker count
