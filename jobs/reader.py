@@ -180,6 +180,7 @@ class StampStream(IterableDataset):
     def _chunks(self, files: list[str]) -> Iterator[tuple[dict, np.ndarray]]:
         """(columns of kept rows, sizes of the row groups they form, in row order) per record batch."""
         read_cols = list(dict.fromkeys(_BASE_COLUMNS + (("pair_id",) if self.paired else ()) + self.columns))
+        shape = None  # of the first stamps read: a batch stacks stamps, so all must match it
         for uri in files:
             counts = self._pair_counts(uri) if self.paired else {}
             carry: dict | None = None  # rows of groups not yet complete (paired mode)
@@ -190,7 +191,13 @@ class StampStream(IterableDataset):
                     continue
                 if n_keep < batch.num_rows:
                     batch = batch.filter(keep)  # the one copy of kept rows; none when all are kept
-                cols = {"image": _decode_images(batch.column("image"), batch.column("image_shape")),
+                images = _decode_images(batch.column("image"), batch.column("image_shape"))
+                shape = shape or images.shape[1:]
+                if images.shape[1:] != shape:
+                    raise InvalidValueError("image_shape", list(images.shape[1:]),
+                                            f"the stamps of one training stream must share one shape; {uri} "
+                                            f"differs from the first stamps read, {list(shape)}")
+                cols = {"image": images,
                         "label": batch.column("label").to_numpy(zero_copy_only=False).astype(np.float32)}
                 for c in self.columns:
                     arr = batch.column(c)

@@ -87,6 +87,15 @@ def test_reader_never_holds_the_whole_dataset(stamps, monkeypatch):
     assert max(buffer_sizes) < len(info["rows"]) / 3
 
 
+def test_mixed_stamp_sizes_name_the_file(stamps, tmp_path):
+    from dhs_gen.errors import InvalidValueError
+
+    uri, _ = stamps
+    make_synthetic_stamps(str(tmp_path), n_hosts=4, n_files=1, size=24, seed=1)
+    with pytest.raises(InvalidValueError, match="part-00000.parquet.*32, 32"):
+        _all(StampStream([uri, str(tmp_path)], split=None, shuffle_buffer=0))
+
+
 def test_single_file_uri_and_list_of_uris(stamps):
     uri, info = stamps
     files = [f"{uri}/{f}" for f in info["files"]]
