@@ -182,10 +182,11 @@ def dihedral_torch(images: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
     the copies are free; in numpy on the reader's CPU they cost ~10 us a stamp, measured).
     """
     out = images.clone()
+    ops = ops.cpu()  # indices found on the host: on a GPU, unique/nonzero would wait for the device
     for op in torch.unique(ops).tolist():
         if op == 0:
             continue
-        idx = torch.nonzero(ops == op).flatten()
+        idx = torch.nonzero(ops == op).flatten().to(images.device)
         t = torch.rot90(images.index_select(0, idx), op % 4, dims=(-2, -1))
         out[idx] = t.flip(-1) if op >= 4 else t
     return out

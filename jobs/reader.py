@@ -73,20 +73,19 @@ def _iter_file_batches(uri: str, columns: Sequence[str], batch_rows: int, split:
 
     Row groups whose ``split`` statistics rule out ``split`` are not read at all: stage 4c sorts
     a partition by split then brick, so most row groups hold one split, and training does not
-    decode the validation and test stamps. Batches follow the file's row groups when those
-    are no larger than ``batch_rows``: a batch that spans two row groups costs a concatenation
+    decode the validation and test stamps. Batches never span row groups (a row group larger
+    than ``batch_rows`` is cut): a batch that spans two row groups costs a concatenation
     copy, which halves the read rate (measured: 27k vs 15k stamps/s for 256-row groups read as
     256- vs 512-row batches).
     """
     with open_for_read(uri) as f:
         pf = pq.ParquetFile(f)
         groups = [i for i in range(pf.num_row_groups) if _may_hold_split(pf.metadata.row_group(i), split)]
-        if not groups:
-            return
-        group_rows = max(pf.metadata.row_group(i).num_rows for i in groups)
-        rows = group_rows if 0 < group_rows <= batch_rows else batch_rows
-        # One thread: a loader worker is one process per core.
-        yield from pf.iter_batches(batch_size=rows, row_groups=groups, columns=list(columns), use_threads=False)
+        for i in groups:
+            # One row group per call, so a batch never spans two (uneven groups: 4c cuts at split
+            # changes); one thread: a loader worker is one process per core.
+            yield from pf.iter_batches(batch_size=batch_rows, row_groups=[i], columns=list(columns),
+                                       use_threads=False)
 
 
 def _decode_images(col: pa.Array, shapes: pa.Array) -> np.ndarray:
@@ -95,12 +94,17 @@ def _decode_images(col: pa.Array, shapes: pa.Array) -> np.ndarray:
     dims = np.asarray(shapes.flatten().to_numpy(zero_copy_only=False))
     if n == 0 or dims.size % n or not np.all(dims.reshape(n, -1) == dims[: dims.size // n]):
         rows = shapes.to_pylist()
-        raise InvalidValueError("image_shape", rows[:4], "every stamp of a batch must have the same 3-D shape")
+        odd = [r for r in rows if r != rows[0]][:1]
+        raise InvalidValueError("image_shape", rows[:1] + odd, "every stamp of a batch must have the same 3-D shape")
     shape = tuple(int(d) for d in dims[: dims.size // n])
+    if len(shape) != 3:
+        raise InvalidValueError("image_shape", list(shape), "must be (bands, H, W)")
+    if col.null_count:
+        raise InvalidValueError("image", None, f"{col.null_count} kept rows (cutout_ok = 1) have no image bytes")
     offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset:col.offset + n + 1]
     nbytes = 4 * int(np.prod(shape))
-    if col.null_count or not np.all(np.diff(offsets) == nbytes):
-        # Odd rows (nulls, wrong lengths): the checked per-row decoder raises with the sizes.
+    if not np.all(np.diff(offsets) == nbytes):
+        # Rows of the wrong length: the checked per-row decoder raises with the sizes.
         return np.stack([decode_image(b, shape) for b in col.to_pylist()])
     data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
     return data.view(np.float32).reshape((n, *shape))
@@ -139,7 +143,8 @@ class StampStream(IterableDataset):
     read_batch_rows : int
         Most rows per Arrow record batch read from Parquet (a file's row group when smaller).
     drop_last : bool
-        Drop a final batch smaller than ``batch_size`` (training with BatchNorm).
+        Drop the rows left once fewer than ``batch_size`` remain at the end (training with
+        BatchNorm; paired batches before that may still be a few rows short).
     defer_dihedral : bool
         With ``augment``: draw each stamp's flip/rotation but do not apply it; the batch carries
         it as ``dihedral_op`` (int64, see :func:`jobs.preprocess.dihedral_view`) for
@@ -191,7 +196,10 @@ class StampStream(IterableDataset):
                     continue
                 if n_keep < batch.num_rows:
                     batch = batch.filter(keep)  # the one copy of kept rows; none when all are kept
-                images = _decode_images(batch.column("image"), batch.column("image_shape"))
+                try:
+                    images = _decode_images(batch.column("image"), batch.column("image_shape"))
+                except ValueError as exc:
+                    raise InvalidValueError("image", uri, f"unreadable stamps in this file: {exc}") from exc
                 shape = shape or images.shape[1:]
                 if images.shape[1:] != shape:
                     raise InvalidValueError("image_shape", list(images.shape[1:]),
@@ -207,6 +215,9 @@ class StampStream(IterableDataset):
                 if not self.paired:
                     yield cols, np.ones(batch.num_rows, dtype=np.int64)
                     continue
+                if batch.column("pair_id").null_count:
+                    raise InvalidValueError("pair_id", None, f"paired training needs a pair_id on every kept row; "
+                                                             f"{batch.column('pair_id').null_count} are null in {uri}")
                 cols["_pair_id"] = np.asarray(batch.column("pair_id").to_pylist(), dtype=object)
                 if carry is not None:
                     cols = {k: np.concatenate([carry[k], v]) for k, v in cols.items()}
@@ -220,7 +231,7 @@ class StampStream(IterableDataset):
     def _pair_counts(self, uri: str) -> dict:
         """pair_id -> number of kept rows in this file (reads three small columns)."""
         counts: dict = {}
-        for b in _iter_file_batches(uri, ["pair_id", "split", "cutout_ok"], 65536):
+        for b in _iter_file_batches(uri, ["pair_id", "split", "cutout_ok"], 65536, split=self.split):
             vc = pc.value_counts(b.filter(self._keep_mask(b)).column("pair_id"))
             for pid, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True):
                 counts[pid] = counts.get(pid, 0) + n
@@ -248,10 +259,9 @@ class StampStream(IterableDataset):
             while buffer.n_rows >= hold:
                 yield self._batch(buffer.pop(self.batch_size, rng if shuffle else None), rng)
         while buffer.n_rows:
-            parts = buffer.pop(self.batch_size, rng if shuffle else None)
-            if self.drop_last and sum(len(rows) for _, rows in parts) < self.batch_size:
-                break
-            yield self._batch(parts, rng)
+            if self.drop_last and buffer.n_rows < self.batch_size:
+                break  # the final, incomplete batch (paired batches may be short throughout)
+            yield self._batch(buffer.pop(self.batch_size, rng if shuffle else None), rng)
 
     def _batch(self, parts: list[tuple[dict, np.ndarray]], rng: np.random.Generator) -> dict:
         """Gather the drawn rows (``(chunk columns, rows)`` pairs): normalised, augmented and

@@ -63,8 +63,9 @@ class _ChunkBuffer:
         """Draw whole groups totalling <= batch_size rows (at least one group).
 
         Groups are drawn at random (``rng``) or in insertion order (None). Returns ``(chunk
-        columns, row indices)`` per chunk holding drawn rows, in insertion order; the rows stay
-        readable through these references whatever the buffer does next.
+        columns, row indices)`` per chunk holding drawn rows, in insertion order: which rows
+        make a batch is random, their order within it is not (a mean loss does not see it). The
+        rows stay readable through these references whatever the buffer does next.
         """
         sizes = [len(g) for g in self.groups]
         group = np.concatenate(self.groups)

@@ -47,22 +47,22 @@ PIXEL_COLUMNS = ("image", "invvar")
 IMAGE_COMPRESSION = "none"
 
 
-def _leaf_paths(field: pa.Field, prefix: str = "") -> list[str]:
-    """Parquet column paths of an Arrow field (lists as ``name.list.element``, the compliant
-    nesting pyarrow writes), the keys of per-column writer options."""
-    name, t = prefix + field.name, field.type
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return _leaf_paths(t.value_field.with_name("element"), name + ".list.")
-    if pa.types.is_struct(t):
-        return [p for f in t for p in _leaf_paths(f, name + ".")]
-    return [name]
+def _parquet_column_paths(schema: pa.Schema) -> list[str]:
+    """Parquet column paths (leaves, e.g. ``image_shape.list.element``) pyarrow writes for
+    ``schema``: the keys of per-column writer options, asked of pyarrow itself (an empty file)
+    so that no nested type is missed (a column missing from a per-column codec dict would be
+    written uncompressed)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), sink)
+    written = pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema
+    return [written.column(j).path for j in range(len(written))]
 
 
 def stamp_parquet_options(schema: pa.Schema) -> dict:
     """``pyarrow.parquet`` writer keywords for a stamp table (stage 4c and the benchmark's
     synthetic stamps): ``image`` uncompressed, every other column zstd; no dictionary pages for
     the pixel columns."""
-    paths = [p for f in schema for p in _leaf_paths(f)]
+    paths = _parquet_column_paths(schema)
     return {"compression": {p: IMAGE_COMPRESSION if p == "image" else PARQUET_COMPRESSION for p in paths},
             "use_dictionary": [f.name for f in schema if f.name not in PIXEL_COLUMNS]}
 

@@ -327,7 +327,7 @@ def train(stamps_uri, out_dir: str, cfg: TrainConfig, resume_from: str | None = 
                 continue  # BatchNorm cannot train on one stamp (only a tiny last batch)
             x, y = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
             if "dihedral_op" in batch:  # the reader's drawn flips/rotations, applied on the device
-                x = dihedral_torch(x, batch["dihedral_op"].to(device, non_blocking=True))
+                x = dihedral_torch(x, batch["dihedral_op"])
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, enabled=amp):
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)

@@ -96,6 +96,30 @@ def test_mixed_stamp_sizes_name_the_file(stamps, tmp_path):
         _all(StampStream([uri, str(tmp_path)], split=None, shuffle_buffer=0))
 
 
+def test_paired_drop_last_drops_only_the_final_rows(stamps):
+    uri, info = stamps
+    kw = dict(split=None, batch_size=16, shuffle_buffer=64, paired=True, seed=2)
+    full = [len(b["label"]) for b in StampStream(uri, **kw)]
+    dropped = [len(b["label"]) for b in StampStream(uri, drop_last=True, **kw)]
+    assert sum(full) == len(_expected_ids(info))
+    assert 14 <= min(full[:-1]) and max(full) <= 16  # groups of 3 rarely fill 16 exactly
+    assert 0 <= sum(full) - sum(dropped) < 16  # only the rows left at the very end
+
+
+def test_bad_image_rows_name_the_file(tmp_path):
+    import pyarrow as pa
+
+    from dhs_gen.errors import InvalidValueError
+
+    make_synthetic_stamps(str(tmp_path), n_hosts=6, n_files=1, size=16, seed=3)
+    part = tmp_path / "part-00000.parquet"
+    table = pq.read_table(part)
+    flat = pa.array([[16, 16]] * table.num_rows, type=table.schema.field("image_shape").type)
+    pq.write_table(table.set_column(table.schema.get_field_index("image_shape"), "image_shape", flat), part)
+    with pytest.raises(InvalidValueError, match=r"part-00000.parquet.*must be \(bands, H, W\)"):
+        _all(StampStream(str(tmp_path), split=None, shuffle_buffer=0))
+
+
 def test_single_file_uri_and_list_of_uris(stamps):
     uri, info = stamps
     files = [f"{uri}/{f}" for f in info["files"]]

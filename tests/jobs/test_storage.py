@@ -199,3 +199,15 @@ def test_local_copy_downloads_once(s3_env, tmp_path):
     assert storage.local_copy(str(tmp_path / "x")) == str(tmp_path / "x")
     with pytest.raises(FileNotFoundError):
         storage.local_copy(f"{prefix}/nope", cache_dir=str(tmp_path))
+
+
+def test_stamp_parquet_options_give_every_nested_column_a_codec(tmp_path):
+    schema = pa.schema([("image", pa.binary()), ("shape", pa.list_(pa.int32())), ("fixed", pa.list_(pa.int32(), 2)),
+                        ("tags", pa.map_(pa.string(), pa.int32())), ("psf", pa.struct([("fwhm", pa.float32())]))])
+    row = {"image": b"\0" * 8, "shape": [1, 2], "fixed": [3, 4], "tags": [("a", 1)], "psf": {"fwhm": 1.2}}
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.Table.from_pylist([row], schema=schema), path, **storage.stamp_parquet_options(schema))
+    rg = pq.ParquetFile(path).metadata.row_group(0)
+    codecs = {rg.column(j).path_in_schema: rg.column(j).compression for j in range(rg.num_columns)}
+    assert codecs.pop("image") == "UNCOMPRESSED"
+    assert len(codecs) == 5 and set(codecs.values()) == {"ZSTD"}, codecs
