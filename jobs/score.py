@@ -32,7 +32,6 @@ from dhs_gen.errors import InvalidValueError, check_choice, check_range
 from jobs import storage
 from jobs.schema import decode_image
 
-PIXEL_COLUMNS = ("image", "invvar")
 ID_COLUMNS = ("task_id", "anchor_id")
 MASKS = ("core", "outer")
 DEFAULT_CORE_RADIUS_PIX = 5.0  # the seed's core-dropout radius (5 px = 1.31 arcsec at 0.262"/pix)
@@ -75,7 +74,7 @@ def apply_mask(x: np.ndarray, mask: str | None, radius_pix: float) -> np.ndarray
 
 def scored_schema(input_schema: pa.Schema) -> pa.Schema:
     """Output schema: the id column, ``score`` (float64), ``score_status``, then the other non-pixel columns."""
-    names = [n for n in input_schema.names if n not in PIXEL_COLUMNS]
+    names = [n for n in input_schema.names if n not in storage.PIXEL_COLUMNS]
     id_col = next((c for c in ID_COLUMNS if c in names), None)
     head = [input_schema.field(id_col)] if id_col else []
     rest = [input_schema.field(n) for n in names if n != id_col and n not in ("score", "score_status")]
