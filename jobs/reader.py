@@ -34,7 +34,7 @@ from dhs_gen.negatives import core_mask  # one disc for hard negatives, core dro
 from jobs import outputs
 from jobs.preprocess import apply_stats_, augment_dihedral, border_stats
 from jobs.schema import decode_image
-from jobs.shuffle_buffer import _ChunkBuffer, _split_complete_groups
+from jobs.shuffle_buffer import _ChunkBuffer, _split_complete_groups, gather_rows
 from jobs.storage import open_for_read
 
 SPLITS = ("train", "val", "test")
@@ -296,17 +296,13 @@ class StampStream(IterableDataset):
                 images[rows[:, None, None], np.arange(images.shape[1])[None, :, None], yy, xx] = 0.0
             out["core_dropped"] = torch.from_numpy(drop)
         out["image"] = torch.from_numpy(images)
-        out["label"] = torch.from_numpy(_gather(parts, "label"))
+        out["label"] = torch.from_numpy(gather_rows(parts, "label"))
         for c in self.columns:
-            v = _gather(parts, c)
+            v = gather_rows(parts, c)
             out[c] = v.tolist() if v.dtype == object else torch.from_numpy(v)
         if self.paired:
-            out["pair_id"] = _gather(parts, "_pair_id").tolist()
+            out["pair_id"] = gather_rows(parts, "_pair_id").tolist()
         return out
-
-
-def _gather(parts: list[tuple[dict, np.ndarray]], column: str) -> np.ndarray:
-    return np.concatenate([cols[column][rows] for cols, rows in parts])
 
 
 def make_loader(uris, split: str | None = "train", batch_size: int = 256, shuffle_buffer: int = 2048,

@@ -31,6 +31,18 @@ def _split_complete_groups(cols: dict, counts: dict) -> tuple[dict, np.ndarray, 
     return done, have[groups_in_order], carry
 
 
+def gather_rows(parts: list[tuple[dict, np.ndarray]], column: str) -> np.ndarray:
+    """Rows of ``column`` from ``(chunk columns, row indices)`` pairs, concatenated in one copy."""
+    first = parts[0][0][column]
+    out = np.empty((sum(len(rows) for _, rows in parts), *first.shape[1:]), dtype=first.dtype)
+    lo = 0
+    for cols, rows in parts:
+        # mode="clip": with the default mode, take copies through a temporary (numpy docs).
+        np.take(cols[column], rows, axis=0, out=out[lo:lo + len(rows)], mode="clip")
+        lo += len(rows)
+    return out
+
+
 class _ChunkBuffer:
     """Shuffle buffer that holds the decoded record batches themselves (chunks), not copies.
 
@@ -110,15 +122,9 @@ class _ChunkBuffer:
             pick.append(i)
             freed += dead[i]
         pick.sort()
-        live = [np.flatnonzero(self.groups[i] >= 0) for i in pick]
-        bounds = np.cumsum([0] + [len(r) for r in live])
-        merged = {}
-        for key, first in self.chunks[pick[0]].items():
-            out = np.empty((bounds[-1], *first.shape[1:]), dtype=first.dtype)
-            for i, rows, lo, hi in zip(pick, live, bounds[:-1], bounds[1:], strict=True):
-                np.take(self.chunks[i][key], rows, axis=0, out=out[lo:hi], mode="clip")
-            merged[key] = out
-        group = np.concatenate([self.groups[i][rows] for i, rows in zip(pick, live, strict=True)])
+        parts = [(self.chunks[i], np.flatnonzero(self.groups[i] >= 0)) for i in pick]
+        merged = {key: gather_rows(parts, key) for key in parts[0][0]}
+        group = np.concatenate([self.groups[i][rows] for i, (_, rows) in zip(pick, parts, strict=True)])
         for i in reversed(pick[1:]):
             del self.chunks[i], self.groups[i]
         self.chunks[pick[0]], self.groups[pick[0]] = merged, group
