@@ -290,20 +290,21 @@ def real_cutout_compression() -> dict | None:
     """Compression ratio of the ``image`` column on the real DR10 cutouts of the shared data
     (non-overlapping 50x50 grz tiles, so no tile repeats another's pixels) per codec; None when
     the shared data is absent."""
-    import glob
     import io
 
     from jobs.config import shared_data_dir
+    from jobs.realism import _npz_lens_anchors
 
-    files = sorted(glob.glob(str(shared_data_dir() / "dr10" / "cutouts" / "*.npz")))
-    if not files:
+    shared = shared_data_dir()
+    cutouts = _npz_lens_anchors(shared) if (shared / "dr10" / "cutouts").is_dir() else []
+    if not cutouts:
         return None
     tiles = []
-    for f in files:
-        cut = np.load(f)["cutout"].astype(np.float32)  # (H, W, grz)
-        for y in range(0, cut.shape[0] - 49, 50):
-            for x in range(0, cut.shape[1] - 49, 50):
-                tiles.append(np.ascontiguousarray(cut[y:y + 50, x:x + 50].transpose(2, 0, 1)).tobytes())
+    for row in cutouts:
+        cut = row["image"]  # (grz, H, W) float32
+        for y in range(0, cut.shape[1] - 49, 50):
+            for x in range(0, cut.shape[2] - 49, 50):
+                tiles.append(np.ascontiguousarray(cut[:, y:y + 50, x:x + 50]).tobytes())
     table = pa.table({"image": tiles})
     ratios = {}
     for name, kw in (("zstd level -1", {"compression": "zstd", "compression_level": -1}),
@@ -312,7 +313,7 @@ def real_cutout_compression() -> dict | None:
         pq.write_table(table, buf, use_dictionary=False, **kw)
         md = pq.ParquetFile(io.BytesIO(buf.getvalue())).metadata.row_group(0).column(0)
         ratios[name] = md.total_uncompressed_size / md.total_compressed_size
-    return {"tiles": len(tiles), "files": len(files), "ratios": ratios}
+    return {"tiles": len(tiles), "files": len(cutouts), "ratios": ratios}
 
 
 def run() -> None:

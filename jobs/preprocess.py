@@ -1,10 +1,10 @@
 """Stamp preprocessing shared by training, scoring and the gates: robust normalisation, dihedral maps.
 
 :func:`normalize_stamps` is the one normalisation every consumer applies (training reader, ``dhs
-score``, leakage features, realism). It is split in two so the training reader can compute the
-statistics when a record batch arrives (:func:`border_stats`, a few hundred border pixels per band)
-and apply them when a batch is gathered (:func:`apply_stats_`): the
-values are the same bits either way, because the same float32 operations run on the same pixels.
+score``, leakage features, realism). It is :func:`border_stats` (a few hundred border pixels per
+band) then :func:`apply_stats_`; the training reader calls the two on each 32-stamp piece of a
+batch as it gathers it, and gets the same bits, because the same float32 operations run on the
+same pixels.
 """
 
 from __future__ import annotations
