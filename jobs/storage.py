@@ -47,7 +47,8 @@ PIXEL_COLUMNS = ("image", "invvar")
 IMAGE_COMPRESSION = "none"
 
 
-def _parquet_column_paths(schema: pa.Schema) -> list[str]:
+@functools.lru_cache(maxsize=16)  # asked once per schema, not once per task file
+def _parquet_column_paths(schema: pa.Schema) -> tuple[str, ...]:
     """Parquet column paths (leaves, e.g. ``image_shape.list.element``) pyarrow writes for
     ``schema``: the keys of per-column writer options, asked of pyarrow itself (an empty file)
     so that no nested type is missed (a column missing from a per-column codec dict would be
@@ -55,7 +56,7 @@ def _parquet_column_paths(schema: pa.Schema) -> list[str]:
     sink = pa.BufferOutputStream()
     pq.write_table(schema.empty_table(), sink)
     written = pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema
-    return [written.column(j).path for j in range(len(written))]
+    return tuple(written.column(j).path for j in range(len(written)))
 
 
 def stamp_parquet_options(schema: pa.Schema) -> dict:
