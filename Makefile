@@ -28,14 +28,15 @@ $(STAMP): pyproject.toml constraints.txt bootstrap/ensure_java.sh
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-test: $(STAMP) ## fast test set (every stage covered; slow tests excluded), < 15 min on 2 cores
+test: lint ## lint, then the fast test set (every stage covered; slow tests excluded), < 15 min on 2 cores
 	$(PY) -m pytest -m "not slow" -q
 
 test-all: $(STAMP) ## every test, slow ones included
 	$(PY) -m pytest -q
 
-lint: $(STAMP) ## ruff lint
+lint: $(STAMP) ## ruff, and the import layering of pyproject.toml (import-linter): no cycles, no upward imports
 	$(VENV)/bin/ruff check dhs_gen jobs emr tests bench
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: $(STAMP) ## performance benchmarks, printed as side-by-side ratios from one run
 	$(PY) -m bench

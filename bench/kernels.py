@@ -35,11 +35,11 @@ import time
 import numpy as np
 
 from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC, ellipticity_from_q_phi
-from dhs_gen.injection import render_arc, render_arcs
-from dhs_gen.lensing import SIEShear
-from dhs_gen.lenstronomy_engine import image_model
-from dhs_gen.psf import moffat_kernel
-from dhs_gen.sources import SersicSource, TemplateSource
+from dhs_gen.physics.injection import render_arc, render_arcs
+from dhs_gen.physics.lensing import SIEShear
+from dhs_gen.physics.lenstronomy_engine import image_model
+from dhs_gen.physics.psf import moffat_kernel
+from dhs_gen.sources.profiles import SersicSource, TemplateSource
 
 STAMP, SUPERSAMPLE, PSF_SIZE = 64, 4, 25
 N_TASKS, REPEATS = 40, 7

@@ -1,8 +1,8 @@
 """Stage 4c end to end in local Spark next to the kernel-only rate on the same tasks and cores.
 
-Kernel-only: the per-row work of 4c (``jobs.inject.inject_rows``: load brick, cut, render, noise,
+Kernel-only: the per-row work of 4c (``jobs.stages.inject.inject_rows``: load brick, cut, render, noise,
 artifacts) in two plain processes, one per core, without Spark, Arrow conversion or Parquet.
-Spark: ``jobs.inject.run`` on ``local[2]`` over the same committed manifest (read, shuffle by
+Spark: ``jobs.stages.inject.run`` on ``local[2]`` over the same committed manifest (read, shuffle by
 brick, render, write, commit). The ratio is the share of the kernel rate that survives Spark
 (target >= 70%). Peak memory per executor core is the Python worker's high-water mark, measured
 with one partition (every row in one task) and with many small partitions: bounded by one brick
@@ -22,8 +22,8 @@ N_BRICKS, N_LRG, SIZE_PIX, PARTITIONS = 8, 15, 600, 8
 
 def _kernel_worker(args):
     rows, cfg_dict, coadd_root = args
-    from jobs.config import config_from_dict
-    from jobs.inject import inject_rows
+    from jobs.runtime.config import config_from_dict
+    from jobs.stages.inject import inject_rows
 
     cfg = config_from_dict(cfg_dict)
     list(inject_rows(rows[:4], cfg, coadd_root, "bench"))  # warm imports and caches outside the clock
@@ -33,8 +33,8 @@ def _kernel_worker(args):
 
 
 def _prepare(work: Path, spark):
-    from jobs import manifest, sky
-    from jobs.config import load_config
+    from jobs.runtime.config import load_config
+    from jobs.stages import manifest, sky
 
     sky.main(["--out", str(work / "sky"), "--n-bricks", str(N_BRICKS), "--n-lrg", str(N_LRG),
               "--size-pix", str(SIZE_PIX)])
@@ -44,7 +44,7 @@ def _prepare(work: Path, spark):
 
 
 def _kernel_rate(work: Path, cfg) -> float:
-    from jobs import outputs, storage
+    from jobs.runtime import outputs, storage
 
     table = storage.read_parquet(outputs.dataset_files(str(work / "manifest")))
     table = table.sort_by([("brickname", "ascending"), ("task_id", "ascending")])
@@ -58,8 +58,8 @@ def _kernel_rate(work: Path, cfg) -> float:
 
 
 def _spark_run(work: Path, partitions: int, reuse: bool, tag: str):
-    from jobs import inject
     from jobs.spark import get_spark
+    from jobs.stages import inject
 
     spark = get_spark(f"bench-4c-{tag}", master="local[2]",
                       conf={"spark.python.worker.reuse": "true" if reuse else "false"})

@@ -1,7 +1,7 @@
 """Training benchmark: is CPU training input-bound? (reader stamps/s vs model stamps/s).
 
 ``run()`` writes a small synthetic stamps dataset (the stamps Parquet layout of
-``jobs.schema.STAMP_SCHEMA``: part files + ``_manifest.json``), then measures on the same data
+``jobs.runtime.schema.STAMP_SCHEMA``: part files + ``_manifest.json``), then measures on the same data
 
 * the reader alone, as ``dhs train`` reads (train split, decode, border statistics, shuffle,
   normalisation, core dropout; the flips/rotations are drawn and applied on the training
@@ -32,9 +32,9 @@ import pyarrow.parquet as pq
 from scipy.signal import fftconvolve
 
 from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
-from dhs_gen.psf import gaussian_kernel
-from jobs.schema import STAMP_SCHEMA, encode_image
-from jobs.storage import stamp_parquet_options
+from dhs_gen.physics.psf import gaussian_kernel
+from jobs.runtime.schema import STAMP_SCHEMA, encode_image
+from jobs.runtime.storage import stamp_parquet_options
 
 # Per-pixel sky noise, nanomaggies, of DR10-depth coadds in g, r, z (5-sigma point-source
 # depths ~24.0/23.5/22.7 with a 1.3" PSF give ~0.006/0.010/0.021 nmgy per 0.262" pixel).
@@ -106,7 +106,7 @@ def make_synthetic_stamps(out_dir: str, n_hosts: int = 200, n_files: int = 4, si
         Uniform range of the Einstein radius, arcsec.
     image_zstd_level : int, optional
         Compress the ``image`` column with zstd at this level; None: as stage 4c writes it
-        (``jobs.storage.IMAGE_COMPRESSION``).
+        (``jobs.runtime.storage.IMAGE_COMPRESSION``).
     one_split_row_groups : bool
         Like 4c, sort each file by split and cut it into row groups (<= 256 rows) of one split;
         False: 256-row groups in host order, splits mixed (no row group can be skipped).
@@ -192,7 +192,7 @@ def _rate(fn, n_items: int, repeats: int = 3) -> float:
 def _reader(uri, split: str | None = "train", defer_dihedral: bool = True, batch_size: int = 256):
     """The reader as ``dhs train`` reads: the ``split`` rows, decoded, normalised, shuffled,
     augmented (drawn only with ``defer_dihedral``) and core-dropped."""
-    from jobs.reader import StampStream
+    from jobs.training.reader import StampStream
 
     return StampStream(uri, split=split, batch_size=batch_size, shuffle_buffer=1024, seed=0, augment=True,
                        core_dropout_p=0.5, core_radius_pix=5, defer_dihedral=defer_dihedral)
@@ -218,8 +218,8 @@ def bench_reader_stages(uri: str) -> dict:
     of a gathered batch, dihedral maps in numpy (reader) and in torch (training device, here CPU)."""
     import torch
 
-    from jobs.preprocess import apply_stats_, augment_dihedral, border_stats, dihedral_torch
-    from jobs.reader import _decode_images, _iter_file_batches, dataset_files
+    from jobs.training.preprocess import apply_stats_, augment_dihedral, border_stats, dihedral_torch
+    from jobs.training.reader import _decode_images, _iter_file_batches, dataset_files
 
     files = dataset_files(uri)
     cols = ["image", "image_shape", "label", "split", "cutout_ok"]
@@ -245,8 +245,8 @@ def bench_training(uri: str, batch_size: int = 64, steps: int = 20) -> tuple[flo
     """(steps/s, stamps/s) of resnet_small training steps on batches already in memory."""
     import torch
 
-    from jobs.model import ModelConfig, build_model
-    from jobs.reader import StampStream
+    from jobs.training.model import ModelConfig, build_model
+    from jobs.training.reader import StampStream
 
     torch.manual_seed(0)
     batches = []
@@ -292,8 +292,8 @@ def real_cutout_compression() -> dict | None:
     the shared data is absent."""
     import io
 
-    from jobs.config import shared_data_dir
-    from jobs.realism import _npz_lens_anchors
+    from jobs.evaluation.realism import _npz_lens_anchors
+    from jobs.runtime.config import shared_data_dir
 
     shared = shared_data_dir()
     cutouts = _npz_lens_anchors(shared) if (shared / "dr10" / "cutouts").is_dir() else []

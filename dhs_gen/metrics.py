@@ -27,11 +27,10 @@ from scipy import stats
 
 from dhs_gen.errors import InvalidValueError, RangeError, check_range
 
-# the anchor-gate names are served by __getattr__ at the bottom (they live in dhs_gen.anchor_gate)
-__all__ = [  # noqa: F822
-    "AnchorMetrics", "BootstrapCI", "BootstrapDelta", "OperatingPoint", "DEFAULT_ANCHOR_GATE",
+__all__ = [
+    "BootstrapCI", "BootstrapDelta", "OperatingPoint",
     "roc_auc", "roc_curve", "tpr_at_n_false_positives", "tpr_at_fpr", "recall_at_fpr",
-    "bootstrap_ci", "paired_bootstrap_delta", "binomial_ci", "compute_anchor_metrics",
+    "bootstrap_ci", "paired_bootstrap_delta", "binomial_ci",
 ]
 
 # float slack when turning fpr * n_neg into a count: 1e-3 * 1000 must give exactly 1
@@ -391,17 +390,3 @@ def paired_bootstrap_delta(metric_fn: Callable[[np.ndarray, np.ndarray], float],
 
 
 # --------------------------------------------------------------------------- anchor gate (seed 004)
-
-# The anchor gate moved to dhs_gen.anchor_gate; its names stay importable from here. They are
-# looked up on first use (PEP 562) rather than imported at the top, because dhs_gen.anchor_gate
-# builds on roc_auc above: an eager import would fail whenever dhs_gen.anchor_gate is imported first.
-_ANCHOR_GATE_NAMES = ("AnchorMetrics", "DEFAULT_ANCHOR_GATE", "compute_anchor_metrics")
-
-
-def __getattr__(name: str):
-    """The anchor-gate names of :mod:`dhs_gen.anchor_gate`; AttributeError for any other missing name."""
-    if name in _ANCHOR_GATE_NAMES:
-        from dhs_gen import anchor_gate
-
-        return getattr(anchor_gate, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

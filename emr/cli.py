@@ -28,14 +28,14 @@ def _emr_client(region: str):
 def _git_sha(given: str | None) -> str:
     if given:
         return given
-    from jobs.outputs import git_sha
+    from jobs.runtime.outputs import git_sha
 
     return git_sha()
 
 
 def check_generations(cfg) -> None:
     """Validate every generation preset the steps name, so a bad one fails here and not on the cluster."""
-    from jobs.config import load_config
+    from jobs.runtime.config import load_config
 
     for i, gen in enumerate(cfg.pipeline.generations):
         try:

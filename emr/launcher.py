@@ -30,7 +30,7 @@ def _spark_submit(cfg: ClusterConfig, name: str, stage: str, args: list[str], gi
                   files: list[str] = ()) -> dict:
     """One ``command-runner.jar`` step running ``spark-submit`` on the packaged entry script of ``stage``."""
     cmd = ["spark-submit", "--deploy-mode", "cluster", "--py-files", code_path(cfg, BUNDLE_NAME),
-           # the bundle has no .git: jobs.outputs.git_sha() reads DHS_GIT_SHA for every manifest
+           # the bundle has no .git: jobs.runtime.outputs.git_sha() reads DHS_GIT_SHA for every manifest
            "--conf", f"spark.yarn.appMasterEnv.DHS_GIT_SHA={git_sha}",
            "--conf", f"spark.executorEnv.DHS_GIT_SHA={git_sha}"]
     if files:

@@ -5,7 +5,7 @@
 ``dist/`` holds::
 
     dhs_bundle.zip               dhs_gen, jobs, emr packages (.py only) for ``spark-submit --py-files``
-    entry/<stage>.py             tiny spark-submit entry scripts: ``from jobs.manifest import main``
+    entry/<stage>.py             tiny spark-submit entry scripts: ``from jobs.stages.manifest import main``
     configs/<preset>.yaml        every configs/*.yaml with ``extends:`` resolved (the bundle is a zip,
                                  so presets travel as files: ``--files`` + ``--config <preset>.yaml``)
     requirements-emr.txt         the pins of pyproject.toml ``[project].dependencies`` minus pyspark (EMR
@@ -30,12 +30,13 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from jobs.runtime.config import REPO_ROOT, read_config_dict
+
 PACKAGES = ("dhs_gen", "jobs", "emr")
 BUNDLE_NAME = "dhs_bundle.zip"
 #: spark-submit entry scripts: stage name -> module with ``main(argv)``.
-ENTRY_MODULES = {"manifest": "jobs.manifest", "coadd_cache": "jobs.coadd_cache", "inject": "jobs.inject",
-                 "score": "jobs.score", "completeness": "jobs.completeness", "ablate": "jobs.ablate"}
+ENTRY_MODULES = {"manifest": "jobs.stages.manifest", "coadd_cache": "jobs.stages.coadd_cache", "inject": "jobs.stages.inject",
+                 "score": "jobs.evaluation.score", "completeness": "jobs.stages.completeness", "ablate": "jobs.experiments.ablate"}
 #: Not installed by the bootstrap: EMR provides Spark itself; torch is the opt-in ``--with-torch``.
 CLUSTER_EXCLUDED = ("pyspark", "torch")
 _PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!_-]+)$")
@@ -92,8 +93,6 @@ def entry_script(stage: str, module: str) -> str:
 
 def resolved_presets(config_dir: Path) -> dict[str, dict]:
     """Every ``configs/*.yaml`` preset with its ``extends:`` chain merged in."""
-    from jobs.config import read_config_dict
-
     return {p.stem: read_config_dict(str(p)) for p in sorted(config_dir.glob("*.yaml"))}
 
 
@@ -107,9 +106,9 @@ def build(dist: Path = REPO_ROOT / "dist", repo_root: Path = REPO_ROOT, git_sha:
     repo_root : Path
         Repository with the packages, ``configs/``, ``bootstrap/`` and ``pyproject.toml``.
     git_sha : str, optional
-        Commit recorded in BUILD_INFO.json (default: ``jobs.outputs.git_sha()``).
+        Commit recorded in BUILD_INFO.json (default: ``jobs.runtime.outputs.git_sha()``).
     """
-    from jobs.outputs import git_sha as current_sha
+    from jobs.runtime.outputs import git_sha as current_sha
 
     dist = Path(dist)
     if dist.exists():
@@ -136,8 +135,8 @@ def build(dist: Path = REPO_ROOT / "dist", repo_root: Path = REPO_ROOT, git_sha:
 
 
 def upload(dist: Path, code_uri: str) -> list[str]:
-    """Copy every file of ``dist`` under ``code_uri`` (``s3://`` or local) via jobs.storage; returns the URIs."""
-    from jobs import storage
+    """Copy every file of ``dist`` under ``code_uri`` (``s3://`` or local) via jobs.runtime.storage; returns the URIs."""
+    from jobs.runtime import storage
 
     dist = Path(dist)
     if not (dist / "BUILD_INFO.json").is_file():

@@ -13,23 +13,24 @@ import sys
 
 # name -> (module, one-line description). Keep sorted by pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sky": ("jobs.sky", "write the embedded synthetic sky in the DR10 coadd layout"),
-    "manifest": ("jobs.manifest", "4a: parent sample x injection grid -> task manifest"),
-    "coadd-cache": ("jobs.coadd_cache", "4b: copy the DR10 coadd files a manifest needs into the bucket (once per brick)"),
-    "inject": ("jobs.inject", "4c: cut stamps, inject arcs, write stamps Parquet"),
-    "train": ("jobs.train", "train the lens-finder CNN on stamps Parquet (CPU or GPU)"),
-    "score": ("jobs.score", "score stamps or anchors with a checkpoint (optional leakage masks)"),
-    "evaluate": ("jobs.evaluate", "metrics.json, leakage and anchor gates, plots and report.html"),
-    "catalogs": ("jobs.catalogs", "real lens / look-alike catalogs: read | merge | crossmatch (DR10 bricks)"),
-    "anchors": ("jobs.anchors", "build the real anchor set (known lenses + real hard negatives) with cutouts"),
-    "hardneg": ("jobs.hardneg", "collect real hard negatives (model FPs, rings, mergers) away from known lenses"),
-    "realism": ("jobs.realism", "sim-to-real realism gates: domain AUC, photometric gate, realism.html"),
-    "completeness": ("jobs.completeness", "4d: selection function in theta_E x arc SNR x PSF x depth bins"),
+    "sky": ("jobs.stages.sky", "write the embedded synthetic sky in the DR10 coadd layout"),
+    "manifest": ("jobs.stages.manifest", "4a: parent sample x injection grid -> task manifest"),
+    "coadd-cache": ("jobs.stages.coadd_cache", "4b: copy the DR10 coadd files a manifest needs into the bucket (once per brick)"),
+    "inject": ("jobs.stages.inject", "4c: cut stamps, inject arcs, write stamps Parquet"),
+    "train": ("jobs.training.train", "train the lens-finder CNN on stamps Parquet (CPU or GPU)"),
+    "score": ("jobs.evaluation.score", "score stamps or anchors with a checkpoint (optional leakage masks)"),
+    "evaluate": ("jobs.evaluation.evaluate", "metrics.json, leakage and anchor gates, plots and report.html"),
+    "catalogs": ("jobs.catalogs.lens_catalogs", "real lens / look-alike catalogs: read | merge | crossmatch (DR10 bricks)"),
+    "anchors": ("jobs.anchors.anchor_set", "build the real anchor set (known lenses + real hard negatives) with cutouts"),
+    "anchors metrics": ("jobs.evaluation.gates:anchor_metrics_main", "the anchor gate on `dhs score` output of an anchor set"),
+    "hardneg": ("jobs.catalogs.hardneg", "collect real hard negatives (model FPs, rings, mergers) away from known lenses"),
+    "realism": ("jobs.evaluation.realism", "sim-to-real realism gates: domain AUC, photometric gate, realism.html"),
+    "completeness": ("jobs.stages.completeness", "4d: selection function in theta_E x arc SNR x PSF x depth bins"),
     "emr": ("emr.cli:emr_main", "EMR: plan | launch | status | logs a cluster running the pipeline"),
-    "cosmos-bank": ("jobs.banks:cosmos_bank_main", "Gen5: build a COSMOS source bank (HDF5) from a GalSim catalog"),
-    "deep-bank": ("jobs.banks:deep_bank_main", "Gen6: build a deep ground-based source bank (NPZ) from FITS scenes"),
-    "ablate": ("jobs.ablate", "ablation suite: variants through 4a..evaluate, AUC matrix, paired-bootstrap deltas"),
-    "demo": ("jobs.demo", "the whole chain on the embedded synthetic sky"),
+    "cosmos-bank": ("jobs.experiments.banks:cosmos_bank_main", "Gen5: build a COSMOS source bank (HDF5) from a GalSim catalog"),
+    "deep-bank": ("jobs.experiments.banks:deep_bank_main", "Gen6: build a deep ground-based source bank (NPZ) from FITS scenes"),
+    "ablate": ("jobs.experiments.ablate", "ablation suite: variants through 4a..evaluate, AUC matrix, paired-bootstrap deltas"),
+    "demo": ("jobs.experiments.demo", "the whole chain on the embedded synthetic sky"),
 }
 
 
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     name, rest = argv[0], argv[1:]
+    if len(argv) > 1 and f"{argv[0]} {argv[1]}" in COMMANDS:   # a subcommand served by another layer's module
+        name, rest = f"{argv[0]} {argv[1]}", argv[2:]
     if name not in COMMANDS:
         print(f"dhs: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2

@@ -45,7 +45,7 @@ def s3_server(tmp_path_factory):
 def s3_env(s3_server, monkeypatch):
     """Point this test's AWS environment at the local server (undone after the test).
 
-    Spark tasks get the same settings from the driver (``jobs.stage.with_storage_env``).
+    Spark tasks get the same settings from the driver (``jobs.runtime.stage.with_storage_env``).
     """
     for name in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)

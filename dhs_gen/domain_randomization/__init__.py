@@ -1,12 +1,1 @@
-"""Gen8 domain randomization (imaging artifacts); see :mod:`.artifacts`."""
-
-from dhs_gen.domain_randomization.artifacts import (
-    ARTIFACT_PROFILES,
-    ArtifactConfig,
-    apply_domain_randomization,
-    apply_domain_randomization_bands,
-    artifact_config,
-)
-
-__all__ = ["ARTIFACT_PROFILES", "ArtifactConfig", "apply_domain_randomization", "apply_domain_randomization_bands",
-           "artifact_config"]
+"""Seed package path (seed 000, Gen8): :mod:`.artifacts`; the code lives in :mod:`dhs_gen.augmentation.artifacts`."""

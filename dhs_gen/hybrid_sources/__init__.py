@@ -1,5 +1,1 @@
-"""Gen7 procedural hybrid sources (Sersic + clumps + colour gradient); see :mod:`.sersic_clumps`."""
-
-from dhs_gen.hybrid_sources.sersic_clumps import generate_hybrid_source
-
-__all__ = ["generate_hybrid_source"]
+"""Seed package path (seed 000, Gen7): :mod:`.sersic_clumps`; the code lives in :mod:`dhs_gen.sources.hybrid`."""

@@ -1,5 +1,1 @@
-"""Uber mixer: hash-assigned source mode and artifact profile per task; see :mod:`.mixer`."""
-
-from dhs_gen.uber.mixer import DEFAULT_UBER, MixerConfig, assign_modes
-
-__all__ = ["DEFAULT_UBER", "MixerConfig", "assign_modes"]
+"""Seed package path (seed 000, Uber): :mod:`.mixer`; the code lives in :mod:`dhs_gen.augmentation.mixer`."""

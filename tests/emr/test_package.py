@@ -2,7 +2,7 @@
 
 Oracles: a fresh Python process with only the zip prepended to sys.path (modules must come from
 the zip), the versions actually installed in this environment (importlib.metadata), pyproject.toml's
-text, jobs.config loading the resolved presets, and bash itself running the bootstrap in dry-run mode.
+text, jobs.runtime.config loading the resolved presets, and bash itself running the bootstrap in dry-run mode.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from emr import package
-from jobs.config import load_config
+from jobs.runtime.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 BOOTSTRAP = REPO / "bootstrap" / "install_deps.sh"
@@ -35,9 +35,9 @@ def dist(tmp_path_factory) -> Path:
 def test_bundle_imports_from_the_zip_alone(dist, tmp_path):
     zip_path = dist / package.BUNDLE_NAME
     code = ("import sys, json; sys.path.insert(0, sys.argv[1]);"
-            "import jobs.manifest, jobs.inject, jobs.coadd_cache, jobs.completeness, jobs.score, dhs_gen.lensing, emr.launcher;"
+            "import jobs.stages.manifest, jobs.stages.inject, jobs.stages.coadd_cache, jobs.stages.completeness, jobs.evaluation.score, dhs_gen.physics.lensing, emr.launcher;"
             "print(json.dumps({m: sys.modules[m].__file__ for m in "
-            "('jobs.manifest', 'jobs.inject', 'jobs.completeness', 'dhs_gen.lensing', 'emr.launcher')}))")
+            "('jobs.stages.manifest', 'jobs.stages.inject', 'jobs.stages.completeness', 'dhs_gen.physics.lensing', 'emr.launcher')}))")
     # -I: no PYTHONPATH / user site; cwd outside the repository, so only the zip can provide the packages
     out = subprocess.run([sys.executable, "-I", "-c", code, str(zip_path)], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from emr import package
-from jobs import outputs, sky, storage
+from jobs.runtime import outputs, storage
+from jobs.stages import sky
 
 SPARK_SUBMIT = Path(sys.executable).parent / "spark-submit"
 GIT_SHA = "e2e0" * 10
@@ -40,7 +41,7 @@ def _submit(dist: Path, stage: str, args: list[str], env: dict, cwd: Path) -> st
 def test_bundle_runs_4a_4b_4c_score_4d_on_s3(tmp_path, s3_env):
     import torch
 
-    from jobs.model import ModelConfig, build_model, save_checkpoint
+    from jobs.training.model import ModelConfig, build_model, save_checkpoint
 
     dist = tmp_path / "dist"
     package.build(dist, git_sha=GIT_SHA)

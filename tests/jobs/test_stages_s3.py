@@ -3,8 +3,9 @@
 import uuid
 from pathlib import Path
 
-from jobs import inject, manifest, outputs, sky, storage
-from jobs.config import load_config
+from jobs.runtime import outputs, storage
+from jobs.runtime.config import load_config
+from jobs.stages import inject, manifest, sky
 
 
 def _upload_tree(local: Path, uri: str) -> None:

@@ -1,0 +1,1 @@
+"""Image measurements and statistics: flux-conserving resampling, galaxy measurements, realism statistics."""

@@ -1,0 +1,1 @@
+"""Real anchor sets: known lenses and real hard negatives with standardised cutouts."""

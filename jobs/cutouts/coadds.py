@@ -1,0 +1,273 @@
+"""Read DR10-layout coadd bricks and cut grz stamps (stage 4c, inside Spark partitions).
+
+A brick is read once per partition through :func:`jobs.runtime.storage.open_input` (local paths and
+``s3://`` alike): for each band ``image``, ``invvar`` and ``psfsize`` (float32), plus the brick's
+``maskbits`` (int32) and its TAN WCS, from
+``<root>/<bri>/<brick>/legacysurvey-<brick>-{image,invvar,psfsize}-<band>.fits.fz`` and
+``legacysurvey-<brick>-maskbits.fits.fz``.
+
+Bad data never raises out of here: a missing or unreadable file is recorded in
+``CoaddBrick.problems`` and every stamp of that brick is returned with ``ok = False`` and one
+of the reject reasons below (snake_case, exact strings, counted in stage manifests):
+
+``missing_band:<b>``     a file of band <b> (image, invvar or psfsize) is absent
+``corrupt_fits:<b>``     a file of band <b> cannot be read as FITS image data (or has the wrong shape)
+``missing_maskbits``     the maskbits file is absent
+``corrupt_fits:maskbits`` the maskbits file cannot be read
+``off_brick_edge``       the stamp is not fully inside the brick image
+``zero_invvar``          a band has no coverage (invvar = 0) at the stamp centre pixel
+``nonfinite_pixels``     NaN/inf in the image or invvar stamp
+
+Stamp centring: the stamp's central pixel (index ``size // 2`` on each axis) is the brick pixel
+nearest to (ra, dec) through the WCS. The object then sits ``(dx_pix, dy_pix)`` = position minus
+that pixel's centre (each in [-0.5, 0.5]) from it; in the project's stamp grid
+(:mod:`dhs_gen.conventions`, origin at the stamp centre, between pixels when ``size`` is even)
+it sits at ``lens_offset_arcsec = ((dx + c) * pixscale, (dy + c) * pixscale)`` with ``c = 0.5`` for
+even sizes and 0 for odd ones. x runs along columns (RA decreasing), y along rows (Dec increasing).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jobs.runtime import storage
+
+FILE_KINDS = ("image", "invvar", "psfsize")
+DEFAULT_BANDS = "grz"
+
+
+def coadd_file(root: str, brickname: str, kind: str, band: str | None = None) -> str:
+    """URI of one coadd file in the DR10 layout (``kind`` image | invvar | psfsize | maskbits)."""
+    suffix = f"{kind}-{band}" if band else kind
+    return storage.join(root, brickname[:3], brickname, f"legacysurvey-{brickname}-{suffix}.fits.fz")
+
+
+@dataclass
+class CoaddBrick:
+    """One coadd brick in memory (arrays ``(H, W)``; float32 maps, int32 maskbits).
+
+    Attributes
+    ----------
+    brickname : str
+    bands : str
+        Bands asked for, e.g. ``"grz"``.
+    image, invvar, psfsize : dict band -> ndarray
+        Nanomaggies per pixel; 1/nanomaggies^2; PSF FWHM in arcsec. Bands with a problem are absent.
+    maskbits : ndarray or None
+        DR10 maskbits (int32), None if unreadable.
+    wcs : astropy.wcs.WCS or None
+        From the first readable image header.
+    pixscale_arcsec : float or None
+        From the WCS, arcsec per pixel.
+    problems : dict
+        band (or ``"maskbits"``) -> reason, e.g. ``"missing file legacysurvey-X-image-r.fits.fz"``.
+    """
+
+    brickname: str
+    bands: str
+    image: dict = field(default_factory=dict)
+    invvar: dict = field(default_factory=dict)
+    psfsize: dict = field(default_factory=dict)
+    maskbits: np.ndarray | None = None
+    wcs: object = None
+    pixscale_arcsec: float | None = None
+    problems: dict = field(default_factory=dict)
+    shape: tuple | None = None
+
+
+@dataclass
+class Cutout:
+    """A stamp cut from a brick (or the reason it could not be).
+
+    Attributes
+    ----------
+    image, invvar : ndarray (B, H, W) float32 or None
+        Nanomaggies per pixel; 1/nanomaggies^2.
+    maskbits : ndarray (H, W) int32 or None
+    psf_fwhm_arcsec : tuple of float
+        psfsize map at the stamp's central pixel, per band, arcsec.
+    median_invvar : tuple of float
+        Median of the invvar stamp per band (positive pixels), 1/nanomaggies^2.
+    psfdepth_nmgy : tuple of float
+        5-sigma point-source flux (nmgy) from the median invvar and a Gaussian of the local FWHM:
+        ``5 sqrt(4 pi sigma_psf^2 / invvar)`` with sigma_psf in pixels.
+    x_pix, y_pix : float
+        Position of (ra, dec) in the brick image, 0-based pixels (x = column).
+    x0, y0 : int
+        Brick pixel of the stamp's corner (index [0, 0]).
+    dx_pix, dy_pix : float
+        Sub-pixel offset of (ra, dec) from the stamp's central pixel centre, pixels, in [-0.5, 0.5].
+    lens_offset_arcsec : tuple (x, y)
+        Position of (ra, dec) in the stamp grid of :mod:`dhs_gen.conventions`, arcsec.
+    ok : bool
+    reject_reason : str or None
+    """
+
+    brickname: str
+    bands: str
+    size_pix: int
+    ok: bool
+    reject_reason: str | None = None
+    image: np.ndarray | None = None
+    invvar: np.ndarray | None = None
+    maskbits: np.ndarray | None = None
+    psf_fwhm_arcsec: tuple = ()
+    median_invvar: tuple = ()
+    psfdepth_nmgy: tuple = ()
+    x_pix: float = float("nan")
+    y_pix: float = float("nan")
+    x0: int = 0
+    y0: int = 0
+    dx_pix: float = float("nan")
+    dy_pix: float = float("nan")
+    lens_offset_arcsec: tuple = (0.0, 0.0)
+
+
+def _read_fits_image(uri: str):
+    """(data, header) of the first HDU with image data; raises on any problem (caller classifies)."""
+    from astropy.io import fits
+
+    with storage.open_input(uri) as f:
+        raw = f.read()
+    with fits.open(io.BytesIO(raw), memmap=False) as hdul:
+        for hdu in hdul:
+            if hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
+                data = hdu.data
+                if data is None:
+                    continue
+                return np.array(data), hdu.header.copy()
+    raise ValueError("no 2-D image HDU")
+
+
+def _load(brick: CoaddBrick, key: str, uri: str):
+    """Read one file, recording a problem under ``key`` instead of raising; returns (data, header) or None."""
+    if not storage.exists(uri):
+        brick.problems.setdefault(key, f"missing file {uri.rsplit('/', 1)[-1]}")
+        return None
+    try:
+        return _read_fits_image(uri)
+    except Exception as err:  # noqa: BLE001 - any read failure is a property of the data, not a crash
+        brick.problems.setdefault(key, f"corrupt FITS: {type(err).__name__}: {err}"[:300])
+        return None
+
+
+def load_brick(coadd_root_uri: str, brickname: str, bands: str = DEFAULT_BANDS) -> CoaddBrick:
+    """Read the image, invvar and psfsize of each band plus maskbits of one brick.
+
+    Parameters
+    ----------
+    coadd_root_uri : str
+        The ``coadd/`` folder (local path or ``s3://``) holding ``<bri>/<brick>/``.
+    brickname : str
+        Brick name, e.g. ``"1501p020"``.
+    bands : str
+        Bands to read, e.g. ``"grz"``.
+
+    Returns
+    -------
+    CoaddBrick
+        Never raises for missing or corrupt files: see ``CoaddBrick.problems``.
+    """
+    from astropy.wcs import WCS
+
+    brick = CoaddBrick(brickname=str(brickname), bands=str(bands))
+    for b in bands:
+        maps = {}
+        for kind in FILE_KINDS:
+            got = _load(brick, b, coadd_file(coadd_root_uri, brickname, kind, b))
+            if got is None:
+                break
+            maps[kind] = got
+        if b in brick.problems:
+            continue
+        shapes = {m[0].shape for m in maps.values()} | ({brick.shape} if brick.shape else set())
+        if len(shapes) != 1:
+            brick.problems[b] = f"corrupt FITS: inconsistent shapes {sorted(shapes)}"
+            continue
+        brick.shape = shapes.pop()
+        for kind, (data, _header) in maps.items():
+            getattr(brick, kind)[b] = data.astype(np.float32, copy=False)
+        if brick.wcs is None:
+            try:
+                brick.wcs = WCS(maps["image"][1])
+                brick.pixscale_arcsec = float(np.sqrt(abs(np.linalg.det(brick.wcs.pixel_scale_matrix))) * 3600.0)
+            except Exception as err:  # noqa: BLE001
+                brick.problems[b] = f"corrupt FITS: bad WCS: {err}"[:300]
+    got = _load(brick, "maskbits", coadd_file(coadd_root_uri, brickname, "maskbits"))
+    if got is not None:
+        if brick.shape is not None and got[0].shape != brick.shape:
+            brick.problems["maskbits"] = f"corrupt FITS: maskbits shape {got[0].shape} != {brick.shape}"
+        else:
+            brick.maskbits = got[0].astype(np.int32, copy=False)
+    return brick
+
+
+def _reason_for_problem(key: str, text: str) -> str:
+    if key == "maskbits":
+        return "missing_maskbits" if text.startswith("missing") else "corrupt_fits:maskbits"
+    return f"missing_band:{key}" if text.startswith("missing") else f"corrupt_fits:{key}"
+
+
+def cut_stamp(brick: CoaddBrick, ra: float, dec: float, size_pix: int = 64) -> Cutout:
+    """Cut a ``(bands, size, size)`` stamp centred on the brick pixel nearest to (ra, dec).
+
+    Parameters
+    ----------
+    brick : CoaddBrick
+        From :func:`load_brick`.
+    ra, dec : float
+        Stamp centre, deg.
+    size_pix : int
+        Stamp side, pixels.
+
+    Returns
+    -------
+    Cutout
+        ``ok`` False with a ``reject_reason`` (module docstring) for bad data; never raises for it.
+    """
+    size = int(size_pix)
+    out = Cutout(brickname=brick.brickname, bands=brick.bands, size_pix=size, ok=False)
+    for key in list(brick.bands) + ["maskbits"]:
+        if key in brick.problems:
+            out.reject_reason = _reason_for_problem(key, brick.problems[key])
+            return out
+    try:
+        x, y = (float(v) for v in brick.wcs.all_world2pix(np.array([[ra, dec]], dtype=float), 0)[0])
+    except Exception:  # noqa: BLE001 - a position the WCS cannot map is off this brick
+        x = y = float("nan")
+    out.x_pix, out.y_pix = x, y
+    height, width = brick.shape
+    if not (np.isfinite(x) and np.isfinite(y)):
+        out.reject_reason = "off_brick_edge"
+        return out
+    ix, iy = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
+    out.dx_pix, out.dy_pix = x - ix, y - iy
+    x0, y0 = ix - size // 2, iy - size // 2
+    out.x0, out.y0 = x0, y0
+    centre_shift = 0.5 if size % 2 == 0 else 0.0
+    ps = brick.pixscale_arcsec
+    out.lens_offset_arcsec = ((out.dx_pix + centre_shift) * ps, (out.dy_pix + centre_shift) * ps)
+    if x0 < 0 or y0 < 0 or x0 + size > width or y0 + size > height:
+        out.reject_reason = "off_brick_edge"
+        return out
+    sl = (slice(y0, y0 + size), slice(x0, x0 + size))
+    image = np.stack([brick.image[b][sl] for b in brick.bands]).astype(np.float32)
+    invvar = np.stack([brick.invvar[b][sl] for b in brick.bands]).astype(np.float32)
+    out.psf_fwhm_arcsec = tuple(float(brick.psfsize[b][iy, ix]) for b in brick.bands)
+    if np.any(invvar[:, size // 2, size // 2] <= 0):
+        out.reject_reason = "zero_invvar"
+        return out
+    if not (np.all(np.isfinite(image)) and np.all(np.isfinite(invvar)) and np.all(np.isfinite(out.psf_fwhm_arcsec))):
+        out.reject_reason = "nonfinite_pixels"
+        return out
+    medians = [float(np.median(iv[iv > 0])) if np.any(iv > 0) else 0.0 for iv in invvar]
+    sigma_psf_pix = [f / 2.3548200450309493 / ps for f in out.psf_fwhm_arcsec]
+    out.median_invvar = tuple(medians)
+    out.psfdepth_nmgy = tuple(5.0 * float(np.sqrt(4 * np.pi * s**2 / m)) if m > 0 else float("inf")
+                              for s, m in zip(sigma_psf_pix, medians, strict=True))
+    out.image, out.invvar, out.maskbits = image, invvar, brick.maskbits[sl].copy()
+    out.ok = True
+    return out

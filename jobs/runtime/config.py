@@ -1,0 +1,256 @@
+"""Experiment configuration: YAML (safe_load) -> frozen, validated dataclasses, before Spark starts.
+
+A generation (gen5, gen5prime, gen6, gen7a/b/c, gen8a/b/c, uber) is a configuration of the one
+4a/4c code path: ``configs/<name>.yaml``. ``load_config`` resolves a preset name or a YAML path,
+applies overrides, validates every field (seed 004 ``ExperimentConfig`` rules: a Moffat PSF needs
+``moffat_beta``, cosmos mode needs a COSMOS bank path, ranges sane) and returns an
+:class:`ExperimentConfig`. Errors are :class:`dhs_gen.errors.ConfigError` naming the field, the
+value and what is allowed, so a bad config fails on the driver before any executor starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from dhs_gen.augmentation.mixer import ARTIFACT_PROFILE_NAMES
+from dhs_gen.augmentation.mixer import SOURCE_MODES as _MIXER_SOURCE_MODES
+from dhs_gen.errors import ConfigError
+
+#: The repository checkout (or unpacked bundle) this code runs from: configs/ and git live here.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+def shared_data_dir() -> Path:
+    """The real telescope data folder: ``$DHS_SHARED_DATA`` or ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("DHS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+SOURCE_MODES = tuple(_MIXER_SOURCE_MODES)
+ARTIFACT_PROFILES = tuple(ARTIFACT_PROFILE_NAMES)
+ENGINES = ("numpy", "lenstronomy")
+PSF_MODELS = ("moffat", "gaussian")
+SPLITS = ("train", "val", "test")
+
+
+def _range(name: str, value, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(name, value, "must be a number") from None
+    bad = not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi)
+    if bad:
+        raise ConfigError(name, value, f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+    return v
+
+
+def _interval(name: str, value, lo, hi) -> tuple[float, float]:
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ConfigError(name, value, "must be a [low, high] pair")
+    a, b = _range(f"{name}[0]", value[0], lo, hi), _range(f"{name}[1]", value[1], lo, hi)
+    if a > b:
+        raise ConfigError(name, value, "low must be <= high")
+    return (a, b)
+
+
+def _choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ConfigError(name, value, f"must be one of {list(choices)}")
+    return value
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Which sources are lensed and how they are drawn (magnitudes AB, sizes arcsec)."""
+
+    mode: str = "sersic"                      # sersic | hybrid | cosmos | deep | mix (uber)
+    mix_modes: tuple = ("cosmos", "deep", "hybrid")
+    mix_probs: tuple = (0.34, 0.33, 0.33)
+    mag_r: tuple = (21.5, 24.0)               # unlensed source r magnitude range
+    color_gr: tuple = (0.0, 0.8)              # g - r of the source
+    color_rz: tuple = (-0.1, 0.6)             # r - z of the source
+    r_eff_arcsec: tuple = (0.1, 0.5)
+    n_sersic: tuple = (0.7, 2.0)
+    q: tuple = (0.5, 1.0)
+    beta_frac: tuple = (0.1, 1.0)             # source offset |beta| / theta_E (area-uniform)
+    hybrid_clumps: bool = True                # Gen7b/7c
+    hybrid_gradient: float = 0.15             # Gen7c colour-gradient strength (0 = none)
+    hybrid_n_clumps: tuple = (2, 6)
+    cosmos_bank: str | None = None
+    deep_bank: str | None = None
+
+    def __post_init__(self):
+        modes = SOURCE_MODES + ("mix",)
+        _choice("source.mode", self.mode, modes)
+        object.__setattr__(self, "mix_modes", tuple(self.mix_modes))
+        object.__setattr__(self, "mix_probs", tuple(float(p) for p in self.mix_probs))
+        for m in self.mix_modes:
+            _choice("source.mix_modes[]", m, SOURCE_MODES)
+        if len(self.mix_modes) != len(self.mix_probs) or sum(self.mix_probs) <= 0 or min(self.mix_probs) < 0:
+            raise ConfigError("source.mix_probs", self.mix_probs, "one weight >= 0 per mix mode, positive sum")
+        for name, lo, hi in [("mag_r", 15, 30), ("color_gr", -1, 3), ("color_rz", -1, 3), ("r_eff_arcsec", 0.01, 5),
+                             ("n_sersic", 0.3, 8), ("q", 0.05, 1), ("beta_frac", 0, 3)]:
+            object.__setattr__(self, name, _interval(f"source.{name}", getattr(self, name), lo, hi))
+        _range("source.hybrid_gradient", self.hybrid_gradient, 0, 1)
+        n = self.hybrid_n_clumps
+        object.__setattr__(self, "hybrid_n_clumps", tuple(int(v) for v in _interval("source.hybrid_n_clumps", n, 0, 50)))
+        used = set(self.mix_modes) if self.mode == "mix" else {self.mode}
+        if "cosmos" in used and not self.cosmos_bank:
+            raise ConfigError("source.cosmos_bank", self.cosmos_bank, "a COSMOS bank path is required when cosmos sources are used")
+        if "deep" in used and not self.deep_bank:
+            raise ConfigError("source.deep_bank", self.deep_bank, "a deep-source bank path is required when deep sources are used")
+
+
+@dataclass(frozen=True)
+class LensConfig:
+    """Lens (SIE + external shear) draws; theta_E is a grid, the rest are drawn per task."""
+
+    theta_e_arcsec: tuple = (0.8, 1.2, 1.6, 2.0)
+    q: tuple = (0.5, 1.0)
+    shear_sigma: float = 0.03                  # per component, Gaussian
+
+    def __post_init__(self):
+        if not isinstance(self.theta_e_arcsec, list | tuple) or not self.theta_e_arcsec:
+            raise ConfigError("lens.theta_e_arcsec", self.theta_e_arcsec, "a non-empty list of Einstein radii in arcsec")
+        object.__setattr__(self, "theta_e_arcsec",
+                           tuple(_range("lens.theta_e_arcsec[]", v, 0, 10, lo_open=True) for v in self.theta_e_arcsec))
+        object.__setattr__(self, "q", _interval("lens.q", self.q, 0.05, 1))
+        _range("lens.shear_sigma", self.shear_sigma, 0, 0.3)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: a generation preset plus its overrides. Units are in the field names."""
+
+    name: str = "experiment"
+    generation: str = "custom"
+    description: str = ""
+    seed: int = 0
+    n_replicates: int = 1
+    stamp_size_pix: int = 64
+    pixscale_arcsec: float = 0.262
+    bands: str = "grz"
+    supersample: int = 4
+    engine: str = "numpy"
+    psf_model: str = "moffat"
+    moffat_beta: float | None = 3.5
+    psf_max_size_pix: int = 25
+    arc_gain_e_per_nmgy: tuple = (2000.0, 2000.0, 1000.0)   # g, r, z: photons per nanomaggy in a DR10 coadd
+    artifact_profile: str = "none"                           # none | mild | strong | mix
+    artifact_mix: tuple = (0.15, 0.70, 0.15)                 # weights of none/mild/strong when "mix"
+    mixer_salt: str = "uber_v1"
+    paired_controls: bool = True
+    hardneg_shuffle: bool = False
+    split_fractions: tuple = (0.7, 0.15, 0.15)               # train, val, test, by brick
+    max_hosts: int | None = None
+    train: dict = field(default_factory=dict)                # training options, validated by jobs.training.train.TrainConfig
+    source: SourceConfig = field(default_factory=SourceConfig)
+    lens: LensConfig = field(default_factory=LensConfig)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError("name", self.name, "a non-empty string")
+        _range("n_replicates", self.n_replicates, 1, 1000)
+        if int(self.stamp_size_pix) != self.stamp_size_pix or not 8 <= self.stamp_size_pix <= 512:
+            raise ConfigError("stamp_size_pix", self.stamp_size_pix, "an integer in [8, 512]")
+        _range("pixscale_arcsec", self.pixscale_arcsec, 0, 10, lo_open=True)
+        if self.bands != "grz":
+            raise ConfigError("bands", self.bands, "only 'grz' (DR10) is supported")
+        if int(self.supersample) != self.supersample or not 1 <= self.supersample <= 16:
+            raise ConfigError("supersample", self.supersample, "an integer in [1, 16]")
+        _choice("engine", self.engine, ENGINES)
+        _choice("psf_model", self.psf_model, PSF_MODELS)
+        if self.psf_model == "moffat":
+            if self.moffat_beta is None:
+                raise ConfigError("moffat_beta", None, "required when psf_model is 'moffat' (DR10: ~3.5)")
+            _range("moffat_beta", self.moffat_beta, 1, 100, lo_open=True)
+        if int(self.psf_max_size_pix) != self.psf_max_size_pix or self.psf_max_size_pix % 2 == 0 or self.psf_max_size_pix < 3:
+            raise ConfigError("psf_max_size_pix", self.psf_max_size_pix, "an odd integer >= 3")
+        gains = tuple(_range("arc_gain_e_per_nmgy[]", g, 0, 1e9, lo_open=True) for g in self.arc_gain_e_per_nmgy)
+        if len(gains) != 3:
+            raise ConfigError("arc_gain_e_per_nmgy", self.arc_gain_e_per_nmgy, "three values, for g, r, z")
+        object.__setattr__(self, "arc_gain_e_per_nmgy", gains)
+        _choice("artifact_profile", self.artifact_profile, ARTIFACT_PROFILES + ("mix",))
+        mix = tuple(float(v) for v in self.artifact_mix)
+        if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
+            raise ConfigError("artifact_mix", self.artifact_mix, "three weights >= 0 (none, mild, strong), positive sum")
+        object.__setattr__(self, "artifact_mix", mix)
+        fr = tuple(float(v) for v in self.split_fractions)
+        if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6:
+            raise ConfigError("split_fractions", self.split_fractions, "three fractions >= 0 (train, val, test) summing to 1")
+        object.__setattr__(self, "split_fractions", fr)
+        if not isinstance(self.train, dict):
+            raise ConfigError("train", self.train, "a mapping of training options")
+        if self.max_hosts is not None:
+            _range("max_hosts", self.max_hosts, 1, 1e12)
+
+    def to_dict(self) -> dict:
+        """Plain, JSON-serialisable dict (tuples as lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def config_hash(self) -> str:
+        """First 16 hex of sha256 over the canonical JSON of the config."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _build(cls, data: dict, prefix: str):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}", data[unknown[0]], f"unknown field; allowed: {sorted(known)}")
+    kwargs = {}
+    for key, value in data.items():
+        if key == "source":
+            value = _build(SourceConfig, value or {}, "source.")
+        elif key == "lens":
+            value = _build(LensConfig, value or {}, "lens.")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def find_yaml(name_or_path: str, folder: Path, field: str = "config") -> Path:
+    """A YAML path as given, or ``<folder>/<name>.yaml`` for a bare name; ConfigError listing the names."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = folder / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(field, str(name_or_path), f"no such file; give a YAML path or one of {known}")
+    return path
+
+
+def read_config_dict(name_or_path: str) -> dict:
+    """YAML of a preset name (``configs/<name>.yaml``) or a path, following ``extends:`` chains."""
+    path = find_yaml(name_or_path, CONFIG_DIR)
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError("config", str(path), "the YAML must be a mapping of fields")
+    parent = data.pop("extends", None)
+    return _deep_merge(read_config_dict(parent), data) if parent else data
+
+
+def config_from_dict(data: dict) -> ExperimentConfig:
+    """Validated :class:`ExperimentConfig` from a plain dict (e.g. a ``_manifest.json`` ``config``)."""
+    return _build(ExperimentConfig, dict(data), "")
+
+
+def load_config(name_or_path: str, overrides: dict | None = None) -> ExperimentConfig:
+    """Preset name or YAML path (+ nested overrides) -> validated :class:`ExperimentConfig`."""
+    return config_from_dict(_deep_merge(read_config_dict(name_or_path), overrides or {}))

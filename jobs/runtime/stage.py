@@ -1,0 +1,179 @@
+"""Run a stage over Spark partitions whose tasks write their own Parquet, then commit on the driver.
+
+Spark's ``s3a://`` writer is not available, and it would not give us per-row reject accounting
+anyway. Each task streams its Arrow tables into one attempt file (``jobs.runtime.outputs.attempt_path``)
+and returns a one-row report; the driver collects the reports of the successful attempts and
+``jobs.runtime.outputs.commit`` moves exactly those files into place and writes ``_manifest.json`` last.
+A retried task writes a new attempt file, so rows are never duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.runtime import outputs, storage
+
+REPORT_SCHEMA = pa.schema([
+    ("partition", pa.int32()),
+    ("path", pa.string()),
+    ("rows", pa.int64()),
+    ("rejected", pa.int64()),
+    ("reasons", pa.string()),     # JSON {reason: count}
+    ("seconds", pa.float64()),
+    ("peak_rss_mb", pa.float64()),  # the task's Python worker high-water mark (memory per executor core)
+])
+
+
+# Storage settings a task needs to reach the same object store as the driver. Shipped with the
+# task only when a custom endpoint is set (a local or test S3 server): Spark python workers in local
+# mode inherit the environment of the JVM, fixed when the session started, not the driver's current
+# one. On EMR no endpoint is set, nothing is shipped and the instance role signs requests.
+_WORKER_ENV_NAMES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+                     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def storage_env() -> dict:
+    """The driver's S3 endpoint settings to re-apply in tasks (empty unless a custom endpoint is set)."""
+    if not (os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")):
+        return {}
+    return {k: os.environ[k] for k in _WORKER_ENV_NAMES if k in os.environ}
+
+
+def with_storage_env(fn: Callable, env: dict | None = None) -> Callable:
+    """Wrap a partition function so it runs with the driver's storage settings."""
+    env = storage_env() if env is None else env
+
+    def wrapped(*args, **kwargs):
+        os.environ.update(env)
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def spark_schema(schema: pa.Schema):
+    """Arrow schema -> Spark StructType (for ``mapInArrow``)."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(schema)
+
+
+class AttemptWriter:
+    """Streams Arrow tables of one task attempt into one Parquet file, opened on the first rows.
+
+    Memory stays bounded by one batch: each ``write`` becomes a row group and is released.
+    """
+
+    def __init__(self, out_uri: str, run_id: str, partition: int, attempt_id: str, schema: pa.Schema):
+        self.uri = outputs.attempt_path(out_uri, run_id, partition, attempt_id)
+        self.partition, self.schema = partition, schema
+        self.rows, self.rejected, self.reasons = 0, 0, Counter()
+        self._writer = self._stream = None
+
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        if table.num_rows == 0:
+            return
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        table = table.select(self.schema.names).cast(self.schema)
+        if self._writer is None:
+            fs, path = storage.resolve(self.uri)
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            self._stream = fs.open_output_stream(path)
+            self._writer = pq.ParquetWriter(self._stream, self.schema,
+                                            **storage.stamp_parquet_options(self.schema))
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+        if "reject_reason" in table.column_names:
+            for reason in table.column("reject_reason").to_pylist():
+                if reason:
+                    self.rejected += 1
+                    self.reasons[reason] += 1
+
+    def close(self, seconds: float) -> dict:
+        if self._writer is not None:
+            self._writer.close()
+            self._stream.close()
+        return {"partition": self.partition, "path": self.uri if self.rows else None, "rows": self.rows,
+                "rejected": self.rejected, "reasons": json.dumps(dict(self.reasons), sort_keys=True),
+                "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+
+
+def run_partitions(df, process: Callable[[Iterable[pa.RecordBatch]], Iterator[pa.Table]], out_uri: str,
+                   schema: pa.Schema, run_id: str | None = None) -> tuple[str, list[dict]]:
+    """Apply ``process`` (Arrow batches in -> Arrow tables in ``schema`` out) per partition and write.
+
+    Returns ``(run_id, reports)``; nothing is visible under ``out_uri`` until ``commit_stage``.
+    """
+    run_id = run_id or uuid.uuid4().hex[:12]
+
+    def task(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        attempt = f"{ctx.attemptNumber()}-{uuid.uuid4().hex[:8]}"
+        t0 = time.perf_counter()
+        writer = AttemptWriter(out_uri, run_id, ctx.partitionId(), attempt, schema)
+        for table in process(batches):
+            writer.write(table)
+        yield pa.RecordBatch.from_pylist([writer.close(time.perf_counter() - t0)], schema=REPORT_SCHEMA)
+
+    rows = df.mapInArrow(with_storage_env(task), spark_schema(REPORT_SCHEMA)).collect()
+    return run_id, sorted((r.asDict() for r in rows), key=lambda r: r["partition"])
+
+
+def summarize(reports: list[dict]) -> dict:
+    """Row counts over all partitions: written (ok), rejected (with reasons), total."""
+    reasons = Counter()
+    for r in reports:
+        reasons.update(json.loads(r["reasons"] or "{}"))
+    total = sum(r["rows"] for r in reports)
+    rejected = sum(r["rejected"] for r in reports)
+    return {"rows_total": total, "rows_written": total - rejected, "rows_rejected": rejected,
+            "rejected_by_reason": dict(sorted(reasons.items())),
+            "peak_rss_mb": max((r.get("peak_rss_mb") or 0.0 for r in reports), default=0.0)}
+
+
+def commit_stage(stage: str, out_uri: str, run_id: str, reports: list[dict], config: dict, inputs: dict,
+                 rows_in: int, timings: dict, extra: dict | None = None) -> dict:
+    """Check rows in = written + rejected, then commit the attempt files and write ``_manifest.json``."""
+    s = summarize(reports)
+    manifest = outputs.build_manifest(stage, config, inputs, rows_in, s["rows_written"], s["rows_rejected"],
+                                      s["rejected_by_reason"], timings, extra=extra)
+    committed = [{"partition": r["partition"], "path": r["path"], "rows": r["rows"]} for r in reports]
+    return outputs.commit(out_uri, run_id, committed, manifest)
+
+
+def stage_parser(prog: str, doc: str):
+    """argparse parser of a stage: description from the module docstring, plus the shared
+    ``--out`` / ``--partitions`` / ``--overwrite`` options (added by :func:`add_output_args`)."""
+    import argparse
+
+    return argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_output_args(p, what: str) -> None:
+    """The options every Spark stage shares: where to write, how many partitions, overwrite."""
+    p.add_argument("--out", required=True, help=f"output directory or s3:// URI for the {what}")
+    p.add_argument("--partitions", type=int, default=4, help="Spark partitions (default 4)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def progress_line(stage: str, n_rows: int, n_rejected: int, seconds: float) -> str:
+    """The one line a stage prints when it finishes."""
+    rate = n_rows / seconds if seconds > 0 else float("nan")
+    return f"[{stage}] {n_rows} rows ({n_rejected} rejected) in {seconds:.1f} s = {rate:.1f} rows/s"

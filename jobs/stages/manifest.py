@@ -1,0 +1,192 @@
+"""Stage 4a: parent sample x injection grid x replicates -> one manifest row per task.
+
+Every random draw of a task (lens ellipticity and shear, source magnitude, colours, size,
+position) is made here from the task's own key, so stage 4c needs nothing but the row and a
+re-run renders the same bytes. Rows of one host and grid point share a ``pair_id``: the
+injection, its paired control (same cutout, no arc) and its azimuthal-shuffle hard negative.
+The split is by brick (a hash of the brick name), so train/val/test are spatially disjoint and
+identical across generations.
+
+    dhs manifest --parent PARENT.parquet --config gen7 --out MANIFEST [--partitions N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dhs_gen.conventions import ellipticity_from_q_phi
+from dhs_gen.errors import ConfigError
+from dhs_gen.utils import categorical_from_hash, hash_uint64, rng_for
+from jobs.runtime import outputs, stage, storage
+from jobs.runtime.config import SPLITS, ExperimentConfig, load_config
+from jobs.runtime.schema import MANIFEST_SCHEMA
+
+SPLIT_SALT = "split_v1"  # independent of the experiment seed: every generation shares the test bricks
+PARENT_COLUMNS = {"RA": "ra", "DEC": "dec", "BRICKNAME": "brickname", "FLUX_G": "host_flux_g_nmgy",
+                  "FLUX_R": "host_flux_r_nmgy", "FLUX_Z": "host_flux_z_nmgy", "TYPE": "host_type"}
+
+
+def read_parent_sample(uri: str, max_hosts: int | None = None) -> pa.Table:
+    """Parent sample (DR10 column names, any case) -> table of the host columns, validated.
+
+    Raises ConfigError naming the missing column; rows with non-finite or out-of-range RA/Dec
+    are kept and rejected later by 4c (never silently dropped here).
+    """
+    fs, path = storage.resolve(uri)
+    if not storage.exists(uri):
+        raise ConfigError("parent", uri, "parent-sample Parquet not found")
+    table = pq.read_table(path, filesystem=fs)
+    upper = {name.upper(): name for name in table.column_names}
+    cols = {}
+    for src, dst in PARENT_COLUMNS.items():
+        if src not in upper:
+            if src == "TYPE":
+                cols[dst] = pa.array(["UNKNOWN"] * table.num_rows)
+                continue
+            raise ConfigError("parent", uri, f"missing column {src!r}; have {table.column_names}")
+        cols[dst] = table.column(upper[src])
+    out = pa.table(cols)
+    out = out.set_column(out.schema.get_field_index("brickname"), "brickname", out.column("brickname").cast(pa.string()))
+    return out.slice(0, max_hosts) if max_hosts else out
+
+
+def host_id(brickname: str, ra: float, dec: float) -> str:
+    """Stable host identifier from brick and position (1e-6 deg ~ 4 mas)."""
+    return f"{brickname}_{ra:.6f}_{dec:+.6f}"
+
+
+def split_for_brick(brickname: str, fractions) -> str:
+    """train | val | test for a brick, by hash: spatially disjoint, stable as bricks are added."""
+    return SPLITS[categorical_from_hash(str(brickname), fractions, salt=SPLIT_SALT)]
+
+
+def _modes(pair_id: str, cfg: ExperimentConfig) -> tuple[str, str]:
+    from dhs_gen.augmentation.mixer import MixerConfig, assign_modes
+
+    src, art = cfg.source.mode, cfg.artifact_profile
+    if src == "mix" or art == "mix":
+        mixer = MixerConfig(source_modes=list(cfg.source.mix_modes), source_probs=list(cfg.source.mix_probs),
+                            artifact_profiles=["none", "mild", "strong"], artifact_probs=list(cfg.artifact_mix),
+                            salt=cfg.mixer_salt)
+        drawn = assign_modes(pair_id, mixer)
+        src = drawn["source_mode"] if src == "mix" else src
+        art = drawn["artifact_profile"] if art == "mix" else art
+    return src, art
+
+
+def draw_pair_params(pair_id: str, theta_e: float, cfg: ExperimentConfig) -> dict:
+    """Lens and source parameters of one pair, drawn from the pair's own generator."""
+    rng = rng_for(pair_id, f"params:{cfg.seed}")
+    s, lens = cfg.source, cfg.lens
+    lq, lphi = rng.uniform(*lens.q), rng.uniform(0, math.pi)
+    le1, le2 = ellipticity_from_q_phi(lq, lphi)
+    g1, g2 = rng.normal(0.0, lens.shear_sigma, size=2)
+    sq, sphi = rng.uniform(*s.q), rng.uniform(0, math.pi)
+    se1, se2 = ellipticity_from_q_phi(sq, sphi)
+    # source position: uniform in area within an annulus of |beta|/theta_E in beta_frac
+    b_lo, b_hi = s.beta_frac
+    beta = theta_e * math.sqrt(rng.uniform(b_lo**2, b_hi**2))
+    ang = rng.uniform(0, 2 * math.pi)
+    return {
+        "theta_e_arcsec": float(theta_e), "lens_e1": float(le1), "lens_e2": float(le2),
+        "shear_gamma1": float(g1), "shear_gamma2": float(g2),
+        "src_mag_r": float(rng.uniform(*s.mag_r)), "src_color_gr": float(rng.uniform(*s.color_gr)),
+        "src_color_rz": float(rng.uniform(*s.color_rz)), "src_r_eff_arcsec": float(rng.uniform(*s.r_eff_arcsec)),
+        "src_n_sersic": float(rng.uniform(*s.n_sersic)), "src_e1": float(se1), "src_e2": float(se2),
+        "src_x_arcsec": float(beta * math.cos(ang)), "src_y_arcsec": float(beta * math.sin(ang)),
+    }
+
+
+def plan_host(host: dict, cfg: ExperimentConfig, config_hash: str) -> list[dict]:
+    """All manifest rows of one host (pure; what each Spark task runs per parent row)."""
+    hid = host_id(host["brickname"], host["ra"], host["dec"])
+    split = split_for_brick(host["brickname"], cfg.split_fractions)
+    # Unpaired controls (Gen5): a host is either an injection host or a control host.
+    host_is_control = (not cfg.paired_controls) and categorical_from_hash(hid, [0.5, 0.5], salt="control_host") == 1
+    rows = []
+    for ti, theta_e in enumerate(cfg.lens.theta_e_arcsec):
+        for rep in range(cfg.n_replicates):
+            pair_id = f"{hid}/t{ti}r{rep}"
+            params = draw_pair_params(pair_id, theta_e, cfg)
+            source_mode, artifact_profile = _modes(pair_id, cfg)
+            kinds = ["control"] if host_is_control else ["injection"]
+            if cfg.paired_controls:
+                kinds.append("control")
+            if cfg.hardneg_shuffle and not host_is_control:
+                kinds.append("hardneg_shuffle")
+            for kind in kinds:
+                task_id = f"{pair_id}/{kind}"
+                rows.append({
+                    "task_id": task_id, "host_id": hid, "pair_id": pair_id, "kind": kind,
+                    "label": 1 if kind == "injection" else 0, "is_control": kind == "control",
+                    "split": split, "brickname": host["brickname"], "ra": host["ra"], "dec": host["dec"],
+                    "host_flux_g_nmgy": host.get("host_flux_g_nmgy"), "host_flux_r_nmgy": host.get("host_flux_r_nmgy"),
+                    "host_flux_z_nmgy": host.get("host_flux_z_nmgy"), "host_type": host.get("host_type"),
+                    "replicate": rep, "task_seed": hash_uint64(task_id, f"seed:{cfg.seed}") & 0x7FFFFFFFFFFFFFFF,
+                    "source_mode": source_mode, "artifact_profile": artifact_profile,
+                    "config_hash": config_hash, **params,
+                })
+    return rows
+
+
+def plan_batches(batches: Iterable[pa.RecordBatch], cfg: ExperimentConfig, config_hash: str) -> Iterator[pa.Table]:
+    """Arrow batches of hosts -> Arrow tables of manifest rows (one table per input batch)."""
+    for batch in batches:
+        rows = [row for host in batch.to_pylist() for row in plan_host(host, cfg, config_hash)]
+        yield pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def run(parent_uri: str, cfg: ExperimentConfig, out_uri: str, partitions: int = 4, overwrite: bool = False,
+        spark=None) -> dict:
+    """Plan the manifest with Spark and commit it with ``_manifest.json``; returns the manifest dict."""
+    from jobs.spark import get_spark
+
+    t0 = time.perf_counter()
+    hosts = read_parent_sample(parent_uri, cfg.max_hosts)
+    outputs.prepare_output(out_uri, overwrite)
+    spark = spark or get_spark("dhs-4a-manifest")
+    df = spark.createDataFrame(hosts.to_pandas()).repartition(partitions)
+    config_hash = cfg.config_hash()
+    run_id, reports = stage.run_partitions(df, lambda b: plan_batches(b, cfg, config_hash), out_uri, MANIFEST_SCHEMA)
+    seconds = time.perf_counter() - t0
+    n_rows = sum(r["rows"] for r in reports)
+    per_host = len(cfg.lens.theta_e_arcsec) * cfg.n_replicates
+    extra = {"n_hosts": hosts.num_rows, "pairs_per_host": per_host}
+    manifest = stage.commit_stage("4a_manifest", out_uri, run_id, reports, cfg.to_dict(), {"parent": parent_uri},
+                                  rows_in=n_rows, timings={"total_s": seconds}, extra=extra)
+    print(stage.progress_line("4a manifest", n_rows, 0, seconds), file=sys.stderr)
+    return manifest
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = stage.stage_parser("dhs manifest", __doc__)
+    p.add_argument("--parent", required=True, help="parent-sample Parquet (DR10 columns RA, DEC, BRICKNAME, FLUX_G/R/Z, TYPE)")
+    p.add_argument("--config", required=True, help="generation preset name (e.g. gen7, uber, demo) or YAML path")
+    p.add_argument("--max-hosts", type=int, default=None, help="use only the first N hosts (tests, quick looks)")
+    stage.add_output_args(p, "manifest")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {"max_hosts": args.max_hosts} if args.max_hosts else {}
+    try:
+        cfg = load_config(args.config, overrides)  # fails here, before Spark starts
+    except ConfigError as err:
+        print(f"dhs manifest: {err}", file=sys.stderr)
+        return 2
+    manifest = run(args.parent, cfg, args.out, args.partitions, args.overwrite)
+    print(f"manifest: {manifest.get('rows_written', '?')} tasks -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,234 @@
+"""Render one manifest row into one stamp row (stage 4c's per-row work; no Spark, no storage).
+
+Photometry is the heart of it. The source's total unlensed flux per band is
+``flux_X = 10**((22.5 - src_mag_X) / 2.5)`` nanomaggies; the lensed, PSF-convolved arc is rendered
+in nanomaggies *per pixel* with that total, so ``arc_flux_X_nmgy = sum(arc_X)`` = flux_X times the
+magnification, and the stamp sum of (injection - paired control) equals it up to the arc's own
+photon noise. Surface brightness (per arcsec^2) appears only inside the kernels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from dhs_gen import PIPELINE_VERSION
+from dhs_gen.conventions import mag_to_nmgy
+from dhs_gen.utils import rng_for
+from jobs.runtime.config import ExperimentConfig
+from jobs.runtime.schema import encode_image
+
+BANDS = "grz"
+TEMPLATE_SUPERSAMPLE = 4   # procedural templates are drawn on a grid 4x finer than the survey pixel
+TEMPLATE_SIZE_PIX = 96
+
+
+def source_mags(row: dict) -> dict:
+    """Unlensed AB magnitudes per band from r and the two colours of the row."""
+    r = row["src_mag_r"]
+    return {"g": r + row["src_color_gr"], "r": r, "z": r - row["src_color_rz"]}
+
+
+def make_psfs(fwhms_arcsec, cfg: ExperimentConfig, e1: float = 0.0, e2: float = 0.0) -> list[np.ndarray]:
+    """Per-band PSF kernels at the stamp position (Moffat with the configured beta, or Gaussian)."""
+    from dhs_gen.physics.psf import make_psf
+
+    kwargs = {"beta": cfg.moffat_beta} if cfg.psf_model == "moffat" else {}
+    return [make_psf(cfg.psf_model, float(f), cfg.pixscale_arcsec, e1=e1, e2=e2, max_size=cfg.psf_max_size_pix,
+                     **kwargs) for f in fwhms_arcsec]
+
+
+def arc_psf_anisotropy(row: dict) -> tuple[float, float]:
+    """Gen8 PSF anisotropy (e1, e2) of the arc's PSF, drawn per pair; (0, 0) when the profile has none.
+
+    The anisotropy is applied to the *injected arc's* PSF. Re-convolving the real host cutout
+    would smooth its real noise (a tell-tale a classifier can learn) and blur it twice.
+    """
+    if row["artifact_profile"] == "none":
+        return 0.0, 0.0
+    from dhs_gen.augmentation.artifacts import artifact_config
+
+    art = artifact_config(row["artifact_profile"])
+    if not art.enable_psf_anisotropy or art.psf_e_sigma <= 0:
+        return 0.0, 0.0
+    e1, e2 = rng_for(row["pair_id"], "psf_anisotropy").normal(0.0, art.psf_e_sigma, size=2)
+    scale = min(1.0, 0.5 / max(float(np.hypot(e1, e2)), 1e-12))  # keep |e| < 0.5: a PSF, not a streak
+    return float(e1 * scale), float(e2 * scale)
+
+
+def _sersic_sources(row, fluxes, cfg):
+    from dhs_gen.sources.profiles import SersicSource
+
+    return [SersicSource(flux=f, r_eff=row["src_r_eff_arcsec"], n=row["src_n_sersic"], e1=row["src_e1"],
+                         e2=row["src_e2"], center_x=row["src_x_arcsec"], center_y=row["src_y_arcsec"])
+            for f in fluxes], "sersic"
+
+
+def _template_sources(images, pixscale, row, fluxes):
+    from dhs_gen.sources.profiles import TemplateSource
+
+    return [TemplateSource(image=img, pixscale=pixscale, flux=f, center_x=row["src_x_arcsec"],
+                           center_y=row["src_y_arcsec"]) for img, f in zip(images, fluxes, strict=True)]
+
+
+def _hybrid_sources(row, fluxes, cfg):
+    from dhs_gen.conventions import q_phi_from_ellipticity
+    from dhs_gen.sources.hybrid import generate_hybrid_source
+
+    tpix = cfg.pixscale_arcsec / TEMPLATE_SUPERSAMPLE
+    q, _ = q_phi_from_ellipticity(row["src_e1"], row["src_e2"])
+    s = cfg.source
+    result = generate_hybrid_source(
+        key=row["pair_id"], H=TEMPLATE_SIZE_PIX, W=TEMPLATE_SIZE_PIX, re_pix=row["src_r_eff_arcsec"] / tpix,
+        n_sersic=row["src_n_sersic"], q=float(q),
+        n_clumps_range=tuple(s.hybrid_n_clumps) if s.hybrid_clumps else (0, 0),
+        gradient_strength=s.hybrid_gradient, normalize_sum=True)
+    images = [result["bands"][b] for b in BANDS]
+    return _template_sources(images, tpix, row, fluxes), f"hybrid:{row['pair_id']}"
+
+
+def _bank_sources(row, fluxes, bank):
+    template = bank.pick(row["pair_id"])
+    return _template_sources(list(template.images), template.pixscale_arcsec, row, fluxes), template.template_id
+
+
+def build_sources(row: dict, cfg: ExperimentConfig, banks: dict):
+    """Per-band source objects for the row's ``source_mode``, and the template id used."""
+    fluxes = [float(mag_to_nmgy(m)) for m in source_mags(row).values()]
+    mode = row["source_mode"]
+    if mode == "sersic":
+        return _sersic_sources(row, fluxes, cfg)
+    if mode == "hybrid":
+        return _hybrid_sources(row, fluxes, cfg)
+    if mode in ("cosmos", "deep"):
+        if banks.get(mode) is None:
+            raise KeyError(f"no {mode} bank configured")
+        return _bank_sources(row, fluxes, banks[mode])
+    raise KeyError(f"unknown source_mode {mode!r}")
+
+
+def render_arc_for_row(row: dict, psfs, cfg: ExperimentConfig, banks: dict, lens_offset_arcsec=(0.0, 0.0)):
+    """The lensed arc of the row's pair, (3, H, W) nanomaggies per pixel, and its template id."""
+    from dhs_gen.physics.injection import render_arc_bands
+    from dhs_gen.physics.lensing import SIEShear
+
+    lens = SIEShear(theta_e=row["theta_e_arcsec"], e1=row["lens_e1"], e2=row["lens_e2"],
+                    gamma1=row["shear_gamma1"], gamma2=row["shear_gamma2"],
+                    center_x=lens_offset_arcsec[0], center_y=lens_offset_arcsec[1])
+    sources, template_id = build_sources(row, cfg, banks)
+    # the source plane is centred on the lens: shift the source centre with the lens
+    sources = [_shift(s, lens_offset_arcsec) for s in sources]
+    result = render_arc_bands(lens, sources, psfs, cfg.stamp_size_pix, cfg.pixscale_arcsec,
+                              supersample=cfg.supersample, engine=cfg.engine)
+    return np.asarray(result.images, dtype=np.float64), template_id
+
+
+def _shift(source, offset):
+    import dataclasses
+
+    if offset == (0.0, 0.0):
+        return source
+    return dataclasses.replace(source, center_x=source.center_x + offset[0], center_y=source.center_y + offset[1])
+
+
+def add_arc_photon_noise(arc: np.ndarray, invvar: np.ndarray, gains, key: str):
+    """Arc + its own Poisson noise (Gaussian approximation), and the invvar that includes it.
+
+    ``gains`` are photo-electrons per nanomaggy per band; variance added = max(arc, 0) / gain.
+    """
+    rng = rng_for(key, "arc_noise")
+    var = np.clip(arc, 0.0, None) / np.asarray(gains, dtype=float)[:, None, None]
+    noisy = arc + np.sqrt(var) * rng.standard_normal(arc.shape)
+    with np.errstate(divide="ignore"):
+        new_invvar = np.where(invvar > 0, 1.0 / (1.0 / np.where(invvar > 0, invvar, 1.0) + var), 0.0)
+    return noisy, new_invvar
+
+
+def arc_snr(arc: np.ndarray, invvar: np.ndarray) -> float:
+    """Matched-filter SNR of the noiseless arc against the stamp's invvar: sqrt(sum_b,p arc^2 invvar)."""
+    return float(np.sqrt(np.sum(arc.astype(np.float64) ** 2 * np.clip(invvar, 0, None))))
+
+
+def apply_artifacts(stamp: np.ndarray, profile: str, key: str, cfg: ExperimentConfig):
+    """The row's Gen8 artifact profile, keyed by pair so a pair shares its artifacts; returns (stamp, meta).
+
+    No PSF step here (``psf_fwhm_pix=None``): anisotropy went into the arc's PSF
+    (:func:`arc_psf_anisotropy`); the real cutout already carries its real PSF.
+    """
+    if profile == "none":
+        return stamp, {}
+    from dhs_gen.augmentation.artifacts import apply_domain_randomization_bands, artifact_config
+
+    out = apply_domain_randomization_bands(stamp, key, psf_fwhm_pix=None, cfg=artifact_config(profile),
+                                           moffat_beta=cfg.moffat_beta or 3.5)
+    return np.asarray(out["img"], dtype=np.float64), out["meta"]
+
+
+def rejected_row(row: dict, reason: str, git_sha: str) -> dict:
+    """A manifest row kept with ``cutout_ok = 0`` and the reason (never dropped)."""
+    mags = source_mags(row) if row.get("src_mag_r") is not None else {"g": None, "z": None}
+    return {**row, "image": None, "invvar": None, "image_shape": None, "bands": BANDS, "pixscale_arcsec": None,
+            "src_mag_g": mags["g"], "src_mag_z": mags["z"], "cutout_ok": 0, "reject_reason": reason,
+            "git_sha": git_sha, "pipeline_version": PIPELINE_VERSION}
+
+
+def render_row(row: dict, cutout, cfg: ExperimentConfig, banks: dict, git_sha: str,
+               arc_cache: dict | None = None) -> dict:
+    """Manifest row + its host cutout -> stamp row (schema ``jobs.runtime.schema.STAMP_SCHEMA``).
+
+    ``arc_cache`` (pair_id -> (arc, template_id)) lets the injection and the hard negative of a pair,
+    adjacent when rows are sorted by task_id, share one render; the arc is never modified in place.
+    """
+    if not cutout.ok:
+        return rejected_row(row, cutout.reject_reason, git_sha)
+    fwhms = [float(f) for f in cutout.psf_fwhm_arcsec]
+    host = np.asarray(cutout.image, dtype=np.float64)
+    invvar = np.asarray(cutout.invvar, dtype=np.float64)
+    mags = source_mags(row)
+    out = {**row, "src_mag_g": mags["g"], "src_mag_z": mags["z"], "magnification": None,
+           "arc_flux_g_nmgy": 0.0, "arc_flux_r_nmgy": 0.0, "arc_flux_z_nmgy": 0.0, "arc_snr": 0.0,
+           "source_template_id": None}
+    stamp, psf_e = host, None
+    if row["kind"] in ("injection", "hardneg_shuffle"):
+        psf_e = arc_psf_anisotropy(row)
+        cached = arc_cache.get(row["pair_id"]) if arc_cache is not None else None
+        if cached is None:
+            try:
+                psfs = make_psfs(fwhms, cfg, *psf_e)
+                cached = render_arc_for_row(row, psfs, cfg, banks, cutout.lens_offset_arcsec)
+            except (KeyError, ValueError) as err:
+                return rejected_row(row, f"render_failed:{type(err).__name__}:{err}"[:200], git_sha)
+            if arc_cache is not None:
+                arc_cache.clear()
+                arc_cache[row["pair_id"]] = cached
+        arc, template_id = cached
+        sums = arc.sum(axis=(1, 2))
+        intrinsic_r = float(mag_to_nmgy(mags["r"]))
+        out.update(magnification=float(sums[1] / intrinsic_r), arc_flux_g_nmgy=float(sums[0]),
+                   arc_flux_r_nmgy=float(sums[1]), arc_flux_z_nmgy=float(sums[2]),
+                   arc_snr=arc_snr(arc, invvar), source_template_id=template_id)
+        if row["kind"] == "hardneg_shuffle":
+            from dhs_gen.augmentation.negatives import azimuthal_shuffle
+
+            arc = azimuthal_shuffle(arc, key=row["pair_id"])
+        noisy_arc, invvar = add_arc_photon_noise(arc, invvar, cfg.arc_gain_e_per_nmgy, row["task_id"])
+        stamp = host + noisy_arc
+    stamp, art_meta = apply_artifacts(stamp, row["artifact_profile"], row["pair_id"], cfg)
+    if psf_e is not None:
+        art_meta = {**art_meta, "arc_psf_e1e2": list(psf_e)}
+    if not np.all(np.isfinite(stamp)):
+        return rejected_row(row, "nonfinite_pixels", git_sha)
+    out.update(image=encode_image(stamp), invvar=encode_image(invvar), image_shape=list(stamp.shape),
+               bands=BANDS, pixscale_arcsec=cfg.pixscale_arcsec,
+               psf_fwhm_g_arcsec=fwhms[0], psf_fwhm_r_arcsec=fwhms[1], psf_fwhm_z_arcsec=fwhms[2],
+               psfdepth_r_nmgy=_depth_r(invvar), artifact_meta=json.dumps(art_meta, sort_keys=True, default=float),
+               cutout_ok=1, reject_reason=None, git_sha=git_sha, pipeline_version=PIPELINE_VERSION)
+    return out
+
+
+def _depth_r(invvar: np.ndarray) -> float:
+    """Per-pixel 1-sigma noise of the r band (median over the stamp), nanomaggies: a depth proxy."""
+    iv = invvar[1][invvar[1] > 0]
+    return float(1.0 / math.sqrt(np.median(iv))) if iv.size else float("nan")

@@ -1,0 +1,124 @@
+"""Hard negatives from the real Galaxy Zoo and lens catalogs: exclusion radius, weights, top-k, counts."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dhs_gen.errors import ConfigError
+from jobs.catalogs.hardneg import HardNegativeConfig, collect_hard_negatives, hardneg_main
+from jobs.catalogs.lens_catalogs import DEFAULT_FILES, read_catalog
+
+
+def _haversine_arcsec(ra1, dec1, ra2, dec2):
+    """Brute-force angular separation (arcsec), written independently of the KD-tree code."""
+    r1, d1, r2, d2 = (np.deg2rad(np.asarray(v, float)) for v in (ra1, dec1, ra2, dec2))
+    h = np.sin((d2 - d1) / 2) ** 2 + np.cos(d1) * np.cos(d2) * np.sin((r2 - r1) / 2) ** 2
+    return np.rad2deg(2 * np.arcsin(np.sqrt(np.clip(h, 0, 1)))) * 3600
+
+
+def _min_sep_arcsec(ra, dec, ref_ra, ref_dec, chunk=100):
+    """Brute-force nearest separation (arcsec) of each position to all references, in chunks."""
+    out = []
+    for i in range(0, len(ra), chunk):
+        out.append(_haversine_arcsec(ra[i:i + chunk, None], dec[i:i + chunk, None], ref_ra[None], ref_dec[None]).min(1))
+    return np.concatenate(out)
+
+
+@pytest.fixture(scope="module")
+def real(shared_data):
+    return {k: read_catalog(k, shared_data / DEFAULT_FILES[k]).table for k in ("gz2", "lenscat", "slacs")}
+
+
+def test_real_gz2_negatives_stay_away_from_every_lenscat_entry(real):
+    gz, lenscat = real["gz2"], real["lenscat"]
+    cfg = HardNegativeConfig()
+    table, report = collect_hard_negatives(None, gz, gz, [lenscat, real["slacs"]], cfg)
+    src = report["sources"]
+    for s in ("ring", "merger"):  # every input row is accounted for
+        assert src[s]["rows_in"] == (src[s]["not_selected"] + src[s]["excluded_near_known_lens"]
+                                     + src[s]["over_top_k"] + src[s]["selected_out"])
+    classes = gz.column("class").to_pylist()
+    assert src["ring"]["rows_in"] - src["ring"]["not_selected"] == classes.count("ring")
+    # Stripe 82 holds known lenses: the exclusion must have removed some rows, or this test checks nothing
+    assert src["ring"]["excluded_near_known_lens"] + src["merger"]["excluded_near_known_lens"] > 0
+    assert report["rows_out"] == table.num_rows > 2000
+
+    # brute force on a subset of 300 returned negatives against ALL 32,838 lenscat entries
+    ra, dec = np.array(table.column("ra").to_pylist()), np.array(table.column("dec").to_pylist())
+    lra, ldec = np.array(lenscat.column("ra").to_pylist()), np.array(lenscat.column("dec").to_pylist())
+    pick = np.random.default_rng(0).choice(len(ra), 300, replace=False)
+    assert _min_sep_arcsec(ra[pick], dec[pick], lra, ldec).min() > cfg.exclusion_radius_arcsec
+    # and the removed ones were really within the radius: GZ2 rings/mergers near lenscat or SLACS, brute force
+    sel = [i for i, c in enumerate(gz.column("class").to_pylist()) if c in ("ring", "merger")]
+    gra, gdec = np.array(gz.column("ra").to_pylist())[sel], np.array(gz.column("dec").to_pylist())[sel]
+    all_ra = np.concatenate([lra, real["slacs"].column("ra").to_numpy()])
+    all_dec = np.concatenate([ldec, real["slacs"].column("dec").to_numpy()])
+    # only lenses inside Stripe 82 (|dec| < 1.3 deg) can be within 5" of a GZ2 galaxy: cut the brute force there
+    strip = np.abs(all_dec) < 1.3
+    near = _min_sep_arcsec(gra, gdec, all_ra[strip], all_dec[strip]) <= cfg.exclusion_radius_arcsec
+    excluded = src["ring"]["excluded_near_known_lens"] + src["merger"]["excluded_near_known_lens"]
+    assert int(near.sum()) == excluded
+
+    # weights as the seed specifies, by source
+    w = dict(zip(table.column("hardneg_source").to_pylist(), table.column("weight").to_pylist(), strict=True))
+    assert w == {"ring": 2.0, "merger": 1.5}
+    assert set(table.column("class").to_pylist()) == {"ring", "merger"}
+    assert report["rows_out_by_source"]["ring"] == table.column("hardneg_source").to_pylist().count("ring")
+
+
+def test_top_k_keeps_the_highest_vote_fractions(real):
+    gz = real["gz2"]
+    table, report = collect_hard_negatives(ring_catalog=gz, known_lenses=[real["lenscat"]],
+                                           config=HardNegativeConfig(top_k_per_source=100))
+    assert table.num_rows == 100 and report["sources"]["ring"]["over_top_k"] > 0
+    kept = np.array(table.column("rank_score").to_pylist())
+    rings = [s for c, s in zip(gz.column("class").to_pylist(), gz.column("class_score").to_pylist(), strict=True)
+             if c == "ring"]
+    # the kept scores are the 100 largest (exclusion can only remove a few at the top)
+    assert kept.min() >= np.sort(rings)[::-1][100 + report["sources"]["ring"]["excluded_near_known_lens"]]
+
+
+def test_model_false_positives_threshold_weight_and_dedupe():
+    rng = np.random.default_rng(3)
+    n = 200
+    ra, dec = rng.uniform(10, 20, n), rng.uniform(-5, 5, n)
+    scores = pa.table({"name": [f"s{i}" for i in range(n)], "ra": ra, "dec": dec,
+                       "score": np.linspace(0, 1, n), "label": [1 if i == n - 1 else 0 for i in range(n)]})
+    lens = pa.table({"ra": [ra[n - 2]], "dec": [dec[n - 2] + 3.0 / 3600]})      # 3" from the 2nd-best FP
+    rings = pa.table({"name": ["r0"], "ra": [ra[n - 3]], "dec": [dec[n - 3] + 0.5 / 3600], "class": ["ring"],
+                      "class_score": [0.9], "source_catalog": ["gz2"], "source_row": [7]})
+    table, report = collect_hard_negatives(scores, rings, None, lens, HardNegativeConfig(min_score_threshold=0.8))
+    expected_selected = int(np.sum(np.linspace(0, 1, n) >= 0.8)) - 1            # minus the labelled lens
+    fp = report["sources"]["model_fp"]
+    assert fp["not_selected"] == n - expected_selected and fp["excluded_near_known_lens"] == 1
+    names = table.column("name").to_pylist()
+    assert f"s{n - 1}" not in names and f"s{n - 2}" not in names
+    row = table.to_pylist()[names.index(f"s{n - 3}")]
+    assert row["sources"] == ["model_fp", "ring"] and row["weight"] == 3.0  # the ring copy merged into the FP
+    assert report["duplicates_merged"] == 1 and set(table.column("weight").to_pylist()) == {3.0}
+
+
+def test_config_validation_and_pickling():
+    with pytest.raises(ConfigError, match="min_score_threshold"):
+        HardNegativeConfig(min_score_threshold=1.5)
+    with pytest.raises(ConfigError, match="top_k_per_source"):
+        HardNegativeConfig(top_k_per_source=0)
+    err = pickle.loads(pickle.dumps(ConfigError("exclusion_radius_arcsec", -1, "arcsec in [0, 3600]")))
+    assert err.value == -1
+
+
+def test_cli_collect(real, tmp_path, capsys):
+    gz_path, lens_path = tmp_path / "gz.parquet", tmp_path / "lens.parquet"
+    pq.write_table(real["gz2"], gz_path)
+    pq.write_table(real["slacs"], lens_path)
+    assert hardneg_main(["collect", "--rings", str(gz_path), "--mergers", str(gz_path), "--known-lenses",
+                         str(lens_path), "--out", str(tmp_path / "hn"), "--top-k", "50"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows_out"] == pq.read_table(tmp_path / "hn" / "hard_neg_lookup.parquet").num_rows == 100
+    assert json.loads((tmp_path / "hn" / "hard_neg_report.json").read_text())["rows_out"] == 100

@@ -1,0 +1,54 @@
+"""Experiment config: presets load, bad values fail before Spark with field, value and allowed range."""
+
+import pickle
+
+import pytest
+
+from dhs_gen.errors import ConfigError
+from jobs.runtime.config import CONFIG_DIR, ExperimentConfig, load_config
+
+BANKS = {"source": {"cosmos_bank": "/data/cosmos.h5", "deep_bank": "/data/deep.npz"}}
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+def test_every_preset_validates(preset):
+    cfg = load_config(preset, BANKS)
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.config_hash() == load_config(preset, BANKS).config_hash()
+
+
+def test_generations_are_configurations_of_one_path():
+    g7a, g7b, g7c = (load_config(n) for n in ("gen7a", "gen7b", "gen7c"))
+    assert (g7a.source.hybrid_clumps, g7a.source.hybrid_gradient) == (False, 0.0)
+    assert (g7b.source.hybrid_clumps, g7b.source.hybrid_gradient) == (True, 0.0)
+    assert g7c.source.hybrid_clumps and g7c.source.hybrid_gradient > 0
+    assert [load_config(f"gen8{v}").artifact_profile for v in "abc"] == ["none", "mild", "strong"]
+    prime = load_config("gen5prime", BANKS)
+    assert prime.paired_controls and prime.hardneg_shuffle and prime.train["core_dropout_p"] > 0
+    assert not load_config("gen5", BANKS).paired_controls
+
+
+@pytest.mark.parametrize("override, field, fragment", [
+    ({"psf_model": "moffat", "moffat_beta": None}, "moffat_beta", "required"),
+    ({"moffat_beta": 0.5}, "moffat_beta", "(1, 100]"),
+    ({"stamp_size_pix": 4}, "stamp_size_pix", "[8, 512]"),
+    ({"engine": "galsim"}, "engine", "numpy"),
+    ({"split_fractions": [0.5, 0.5, 0.5]}, "split_fractions", "summing to 1"),
+    ({"lens": {"theta_e_arcsec": [1.0, -2.0]}}, "lens.theta_e_arcsec[]", "(0, 10]"),
+    ({"source": {"mag_r": [25, 22]}}, "source.mag_r", "low must be <= high"),
+    ({"source": {"mode": "cosmos"}}, "source.cosmos_bank", "required"),
+    ({"artifact_profile": "extreme"}, "artifact_profile", "none"),
+    ({"bogus_field": 1}, "bogus_field", "unknown field"),
+])
+def test_bad_values_name_field_value_and_range(override, field, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config("base", override)
+    assert info.value.field == field
+    assert fragment in str(info.value)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert str(again) == str(info.value)
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match="gen7"):
+        load_config("gen99")
