@@ -26,6 +26,7 @@ import numpy as np
 from scipy import stats
 
 from dhs_gen.errors import InvalidValueError, RangeError, check_range
+from dhs_gen.json_values import finite_or_none
 
 __all__ = [
     "BootstrapCI", "BootstrapDelta", "OperatingPoint",
@@ -135,13 +136,7 @@ class OperatingPoint:
 
     def as_dict(self) -> dict:
         """JSON-ready dict (NaN / inf -> None)."""
-        return {k: _json_number(v) for k, v in asdict(self).items()}
-
-
-def _json_number(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+        return {k: finite_or_none(v) for k, v in asdict(self).items()}
 
 
 def _operating_point(pos: np.ndarray, neg_desc: np.ndarray, k: int, resolved: bool, reason: str) -> OperatingPoint:
@@ -274,7 +269,7 @@ class BootstrapCI:
     n_valid: int  # resamples where the metric was finite
 
     def as_dict(self) -> dict:
-        return {k: _json_number(v) for k, v in asdict(self).items()}
+        return {k: finite_or_none(v) for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -292,7 +287,7 @@ class BootstrapDelta:
     n_valid: int
 
     def as_dict(self) -> dict:
-        return {k: _json_number(v) for k, v in asdict(self).items()}
+        return {k: finite_or_none(v) for k, v in asdict(self).items()}
 
 
 def _resample_indices(y: np.ndarray, n_boot: int, rng: np.random.Generator, stratified: bool):

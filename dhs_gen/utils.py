@@ -85,7 +85,7 @@ def bilinear_resample(img, src_pixscale_arcsec: float, dst_pixscale_arcsec: floa
     centre with the input (DESIGN grid convention). Values are bilinearly interpolated in
     surface brightness and converted back to flux per output pixel, so the total flux is
     conserved for well-sampled images. For strong downsampling (e.g. HST 0.03"/pix -> 0.262"/pix)
-    point sampling aliases: use an area-weighted resampler instead (``dhs_gen.sources.cosmos``).
+    point sampling aliases: use the area-weighted resampler instead (``dhs_gen.imaging.resample``).
 
     Parameters
     ----------

@@ -25,14 +25,6 @@ def _emr_client(region: str):
     return boto3.client("emr", region_name=region)
 
 
-def _git_sha(given: str | None) -> str:
-    if given:
-        return given
-    from jobs.runtime.outputs import git_sha
-
-    return git_sha()
-
-
 def check_generations(cfg) -> None:
     """Validate every generation preset the steps name, so a bad one fails here and not on the cluster."""
     from jobs.runtime.config import load_config
@@ -46,9 +38,11 @@ def check_generations(cfg) -> None:
 
 def plan(config_path: str, git_sha: str | None = None) -> dict:
     """The RunJobFlow request for a config file (cluster config and generation presets validated; no network)."""
+    from jobs.runtime.outputs import git_sha as current_sha
+
     cfg = load_cluster_config(config_path)
     check_generations(cfg)
-    return build_cluster_request(cfg, build_steps(cfg, _git_sha(git_sha)))
+    return build_cluster_request(cfg, build_steps(cfg, git_sha or current_sha()))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from dhs_gen.errors import ConfigError
+from dhs_gen.errors import ConfigError, check_config_range
 
 REGION_RE = re.compile(r"^(us|eu|ap|ca|sa|me|af|il|mx)-(gov-)?"
                        r"(north|south|east|west|central|northeast|southeast|northwest|southwest)-[1-9]$")
@@ -72,12 +72,6 @@ def _str(path: str, value, pattern: re.Pattern | None = None, allowed: str = "")
     return value
 
 
-def _int(path: str, value, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        _fail(path, value, f"an integer in [{lo}, {hi}]")
-    return value
-
-
 def _choice(path: str, value, choices) -> str:
     if value not in choices:
         _fail(path, value, f"one of {list(choices)}")
@@ -128,11 +122,11 @@ class FleetConfig:
             _fail(f"{p}.types", list(self.types), "no duplicates")
         _choice(f"{p}.market", self.market, MARKETS)
         if self.role == "master":
-            _int(f"{p}.count", self.count, 1, 1)
+            check_config_range(f"{p}.count", self.count, 1, 1, integer=True)
             if self.market != "on_demand":
                 _fail(f"{p}.market", self.market, "the master must be on_demand (losing it loses the cluster)")
         else:
-            _int(f"{p}.count", self.count, 1 if self.role == "core" else 0, 500)
+            check_config_range(f"{p}.count", self.count, 1 if self.role == "core" else 0, 500, integer=True)
 
     @property
     def specs(self) -> list[InstanceSpec]:
@@ -155,9 +149,9 @@ class SpotConfig:
 
     def __post_init__(self):
         _choice("instances.spot.allocation_strategy", self.allocation_strategy, ALLOCATION_STRATEGIES)
-        _int("instances.spot.timeout_minutes", self.timeout_minutes, 5, 1440)    # EMR's allowed range
+        check_config_range("instances.spot.timeout_minutes", self.timeout_minutes, 5, 1440, integer=True)    # EMR's allowed range
         _choice("instances.spot.timeout_action", self.timeout_action, TIMEOUT_ACTIONS)
-        _int("instances.spot.max_price_percent_on_demand", self.max_price_percent_on_demand, 1, 100)
+        check_config_range("instances.spot.max_price_percent_on_demand", self.max_price_percent_on_demand, 1, 100, integer=True)
 
 
 @dataclass(frozen=True)
@@ -182,8 +176,8 @@ class PipelineConfig:
             _fail("pipeline.generations", self.generations, "a non-empty list of generation presets (e.g. [gen7, uber])")
         for i, g in enumerate(self.generations):
             _str(f"pipeline.generations[{i}]", g, re.compile(r"^[a-z0-9_]+$"), "a preset name like 'gen7' or 'uber'")
-        _int("pipeline.partitions", self.partitions, 1, 100000)
-        _int("pipeline.coadd_workers", self.coadd_workers, 1, 256)
+        check_config_range("pipeline.partitions", self.partitions, 1, 100000, integer=True)
+        check_config_range("pipeline.coadd_workers", self.coadd_workers, 1, 256, integer=True)
         if self.coadd_source is not None:
             src = self.coadd_source
             if not (isinstance(src, str) and (src.startswith(("http://", "https://")) and "{filename}" in src
@@ -233,7 +227,7 @@ class ClusterConfig:
         _choice("instances.mode", self.mode, MODES)
         _str("roles.job_flow", self.job_flow_role, ROLE_NAME_RE, "an IAM role / instance profile name")
         _str("roles.service", self.service_role, ROLE_NAME_RE, "an IAM role name")
-        _int("idle_timeout_minutes", self.idle_timeout_minutes, 1, 7 * 24 * 60)   # EMR: 60 s .. 7 days
+        check_config_range("idle_timeout_minutes", self.idle_timeout_minutes, 1, 7 * 24 * 60, integer=True)   # EMR: 60 s .. 7 days
         for i, s in enumerate(self.subnet_ids):
             _str(f"subnet_ids[{i}]", s, re.compile(r"^subnet-[0-9a-f]{8,17}$"), "a subnet id 'subnet-0123abcd...'")
         if self.mode == "groups":
@@ -242,7 +236,7 @@ class ClusterConfig:
                     _fail(f"instances.{fleet.role}.types", list(fleet.types), "exactly one type with mode 'groups'")
             if len(self.subnet_ids) > 1:
                 _fail("subnet_ids", list(self.subnet_ids), "at most one subnet with mode 'groups'")
-        _int("python_mb_per_core", self.python_mb_per_core, 256, 65536)
+        check_config_range("python_mb_per_core", self.python_mb_per_core, 256, 65536, integer=True)
         self.spark_sizing()   # raises if the worker types cannot hold a brick per Python worker
 
     @property

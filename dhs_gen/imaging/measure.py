@@ -18,6 +18,7 @@ Definitions (all on background-subtracted images):
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import sep
@@ -28,20 +29,51 @@ from dhs_gen.errors import check_range
 BORDER_PIX = 4
 """Width (pixels) of the border ring whose median is the background."""
 
+MAD_TO_SIGMA = 1.4826
+"""sigma / MAD of a Gaussian."""
+
+
+@lru_cache(maxsize=32)
+def border_index(h: int, w: int, width: int) -> np.ndarray:
+    """Flat pixel indices (into ``H*W``) of the outer frame ``width`` pixels wide. Read-only.
+
+    Order: the top rows, the bottom rows, then the left and right columns between them
+    (callers that subsample the frame or sum over it depend on this order).
+    """
+    grid = np.arange(h * w).reshape(h, w)
+    parts = [grid[:width, :], grid[h - width:, :], grid[width:h - width, :width],
+             grid[width:h - width, w - width:]]
+    idx = np.concatenate([p.ravel() for p in parts])
+    idx.setflags(write=False)
+    return idx
+
+
+def border_frame(images: np.ndarray, width: int = BORDER_PIX) -> np.ndarray:
+    """``(..., H, W) -> (..., M)``: the pixels of the outer frame ``width`` pixels wide, in :func:`border_index` order."""
+    a = np.asarray(images)
+    h, w = a.shape[-2:]
+    return np.take(a.reshape(*a.shape[:-2], h * w), border_index(h, w, width), axis=-1)
 
 
 def border_pixels(image: np.ndarray, width: int = BORDER_PIX) -> np.ndarray:
-    """1-D array of the pixels in the outer ring of ``width`` pixels of a 2-D image."""
-    w = max(1, min(width, min(image.shape) // 4))
-    mask = np.ones(image.shape, bool)
-    mask[w:-w, w:-w] = False
-    return image[mask]
+    """1-D array of the pixels in the outer ring of ``width`` pixels of a 2-D image, row-major order.
+
+    The width is capped at ``min(H, W) // 4`` (at least 1) so small stamps keep a centre.
+    """
+    img = np.asarray(image)
+    h, w = img.shape
+    width = max(1, min(width, min(h, w) // 4))
+    return img.reshape(-1)[np.unique(border_index(h, w, width))]
 
 
-def robust_sigma(values: np.ndarray) -> float:
-    """Gaussian-equivalent standard deviation from the median absolute deviation."""
+def robust_sigma(values: np.ndarray, axis: int | None = None):
+    """Gaussian-equivalent standard deviation from the median absolute deviation.
+
+    Over all values (a float) by default, else along ``axis`` (an array without that axis).
+    """
     v = np.asarray(values, dtype=float)
-    return float(1.4826 * np.median(np.abs(v - np.median(v))))
+    s = MAD_TO_SIGMA * np.median(np.abs(v - np.median(v, axis=axis, keepdims=True)), axis=axis)
+    return float(s) if axis is None else s
 
 
 def flux_weighted_centroid(image, n_iter: int = 4, radius_hlr: float = 3.0) -> tuple[float, float]:
@@ -70,14 +102,14 @@ def flux_weighted_centroid(image, n_iter: int = 4, radius_hlr: float = 3.0) -> t
     return x0, y0
 
 
-def half_light_radius(image, pixscale: float, center_pix=None) -> float:
+def half_light_radius(image, pixscale_arcsec: float, center_pix=None) -> float:
     """Radius (arcsec) of the circle about ``center_pix`` enclosing half the stamp's total flux.
 
     Parameters
     ----------
     image : array (H, W)
         Background-subtracted flux per pixel; its sum is the total flux.
-    pixscale : float
+    pixscale_arcsec : float
         Arcsec per pixel.
     center_pix : (x, y) pixel indices, optional
         Default :func:`flux_weighted_centroid`.
@@ -87,7 +119,7 @@ def half_light_radius(image, pixscale: float, center_pix=None) -> float:
     float, arcsec (NaN when the total flux is not positive).
     """
     img = np.array(image, dtype=np.float64, order="C")  # sep needs a writable C array
-    pixscale = check_range("pixscale", pixscale, 0.0, math.inf, lo_open=True)
+    pixscale_arcsec = check_range("pixscale_arcsec", pixscale_arcsec, 0.0, math.inf, lo_open=True)
     total = float(img.sum())
     if not total > 0:
         return math.nan
@@ -96,7 +128,7 @@ def half_light_radius(image, pixscale: float, center_pix=None) -> float:
     rmax = math.hypot(max(x0, w - 1 - x0), max(y0, h - 1 - y0)) + 1.0
     r, _flag = sep.flux_radius(img, np.array([x0]), np.array([y0]), np.array([rmax]), 0.5,
                                normflux=np.array([total]), subpix=5)
-    return float(r[0]) * pixscale
+    return float(r[0]) * pixscale_arcsec
 
 
 def clumpiness(image, hlr_pix: float, center_pix) -> float:

@@ -58,16 +58,15 @@ from scipy.interpolate import PchipInterpolator
 
 from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC, nmgy_to_mag
 from dhs_gen.errors import InvalidValueError, check_range
+from dhs_gen.imaging.measure import BORDER_PIX, border_frame, robust_sigma
 
 __all__ = [
-    "BORDER_PIX", "DEFAULT_ANNULUS_ARCSEC", "ANNULUS_HALF_WIDTH", "STAT_NAMES", "MAD_TO_SIGMA",
+    "DEFAULT_ANNULUS_ARCSEC", "ANNULUS_HALF_WIDTH", "STAT_NAMES",
     "annulus_arcsec", "azimuthal_median_residual", "center_crop", "stamp_statistics",
     "compare_samples", "median_ratio",
 ]
 
 BANDS = "grz"
-MAD_TO_SIGMA = 1.4826  # sigma / MAD of a Gaussian
-BORDER_PIX = 4
 DEFAULT_ANNULUS_ARCSEC = (0.8, 2.5)
 ANNULUS_HALF_WIDTH = 0.8   # arcsec
 MIN_INNER_ARCSEC = 0.4     # arcsec: inside ~1.5 px the lens-light residual dominates
@@ -126,7 +125,7 @@ def _radius_pix(h: int, w: int, center_pix) -> np.ndarray:
     return np.hypot(yy - center_pix[0], xx - center_pix[1])
 
 
-def lens_shape(image, center_pix, pixscale: float, radius_arcsec: float = LENS_SHAPE_RADIUS_ARCSEC,
+def lens_shape(image, center_pix, pixscale_arcsec: float, radius_arcsec: float = LENS_SHAPE_RADIUS_ARCSEC,
                n_iter: int = 4) -> tuple[float, float]:
     """Axis ratio q = b/a and position angle phi (rad, from +x towards +y) of the lens light.
 
@@ -139,12 +138,12 @@ def lens_shape(image, center_pix, pixscale: float, radius_arcsec: float = LENS_S
     """
     img = np.asarray(image, dtype=np.float64)
     _, h, w = img.shape
-    light = img[2] - np.median(_frame(img[2], BORDER_PIX))
+    light = img[2] - np.median(border_frame(img[2], BORDER_PIX))
     yy, xx = np.mgrid[:h, :w]
     dy, dx = yy - center_pix[0], xx - center_pix[1]
     q, phi = 1.0, 0.0
     for _ in range(n_iter):
-        r_ell = elliptical_radius_pix(h, w, center_pix, q, phi) * pixscale
+        r_ell = elliptical_radius_pix(h, w, center_pix, q, phi) * pixscale_arcsec
         sel = (r_ell <= 3 * radius_arcsec) & (light > 0)
         wgt = light[sel] * np.exp(-0.5 * (r_ell[sel] / radius_arcsec) ** 2)
         if wgt.size < 3 or wgt.sum() <= 0:
@@ -180,7 +179,7 @@ def _profile_at(r, r_node, values) -> np.ndarray:
 def _clipped_median(values: np.ndarray, nsigma: float = 3.0) -> np.ndarray:
     """Per-row median of (bands, M) values after dropping those beyond ``nsigma`` MAD-sigmas of the median."""
     m = np.median(values, axis=1, keepdims=True)
-    s = MAD_TO_SIGMA * np.median(np.abs(values - m), axis=1, keepdims=True)
+    s = robust_sigma(values, axis=1)[:, None]
     out = np.empty(values.shape[0])
     for b in range(values.shape[0]):
         keep = np.abs(values[b] - m[b]) <= nsigma * s[b] if s[b] > 0 else np.ones(values.shape[1], bool)
@@ -230,20 +229,11 @@ def azimuthal_median_residual(image, center_pix=None, q: float = 1.0, phi_rad: f
     return img - model.reshape(img.shape)
 
 
-def _frame(a: np.ndarray, width: int) -> np.ndarray:
-    """(..., H, W) -> (..., M) pixels of the outer frame ``width`` pixels wide."""
-    h, w = a.shape[-2:]
-    parts = [a[..., :width, :], a[..., h - width:, :], a[..., width:h - width, :width],
-             a[..., width:h - width, w - width:]]
-    return np.concatenate([p.reshape(*a.shape[:-2], -1) for p in parts], axis=-1)
-
-
 def _background(img: np.ndarray, invvar):
     """Per-band sky median and sigma (nmgy) of the frame, and the pooled frame statistics."""
-    frame = _frame(img, BORDER_PIX)
+    frame = border_frame(img, BORDER_PIX)
     med = np.median(frame, axis=1)
-    mad = np.median(np.abs(frame - med[:, None]), axis=1)
-    sigma = MAD_TO_SIGMA * mad
+    sigma = robust_sigma(frame, axis=1)
     safe = np.where(sigma > 0, sigma, np.nan)
     z = ((frame - med[:, None]) / safe[:, None]).ravel()
     z = z[np.isfinite(z)]
@@ -251,7 +241,7 @@ def _background(img: np.ndarray, invvar):
            "bg_excess_kurtosis": float(stats.kurtosis(z, fisher=True)) if z.size > 3 else math.nan,
            "bg_chi_std": math.nan}
     if invvar is not None:
-        fiv = _frame(np.asarray(invvar, dtype=np.float64), BORDER_PIX)
+        fiv = border_frame(np.asarray(invvar, dtype=np.float64), BORDER_PIX)
         good = fiv > 0
         chi = ((frame - med[:, None]) * np.sqrt(np.where(good, fiv, 0.0)))[good]
         out["bg_chi_std"] = float(np.std(chi)) if chi.size > 3 else math.nan
@@ -260,11 +250,11 @@ def _background(img: np.ndarray, invvar):
     return med, sigma, out
 
 
-def _arc_shape(det: np.ndarray, in_ann: np.ndarray, r_pix: np.ndarray, yy, xx, center_pix, pixscale: float) -> dict:
+def _arc_shape(det: np.ndarray, in_ann: np.ndarray, r_pix: np.ndarray, yy, xx, center_pix, pixscale_arcsec: float) -> dict:
     """Tangential/radial extent (arcsec) of the detection segment holding the annulus maximum."""
     nan = {"tangential_extent_arcsec": math.nan, "radial_extent_arcsec": math.nan, "elongation": math.nan}
-    frame = _frame(det, BORDER_PIX)
-    det_sigma = MAD_TO_SIGMA * np.median(np.abs(frame - np.median(frame)))
+    frame = border_frame(det, BORDER_PIX)
+    det_sigma = robust_sigma(frame)
     if not det_sigma > 0:
         return nan
     mask = (det > DETECT_NSIGMA * det_sigma) & in_ann
@@ -283,11 +273,11 @@ def _arc_shape(det: np.ndarray, in_ann: np.ndarray, r_pix: np.ndarray, yy, xx, c
     r_mean = float(np.average(r, weights=wgt))
     var_r = float(np.average((r - r_mean) ** 2, weights=wgt)) + _PIX_VAR
     var_t = r_mean ** 2 * float(np.average(dphi ** 2, weights=wgt)) + _PIX_VAR
-    tang, rad = math.sqrt(var_t) * pixscale, math.sqrt(var_r) * pixscale
+    tang, rad = math.sqrt(var_t) * pixscale_arcsec, math.sqrt(var_r) * pixscale_arcsec
     return {"tangential_extent_arcsec": tang, "radial_extent_arcsec": rad, "elongation": tang / rad}
 
 
-def stamp_statistics(image, invvar=None, pixscale: float = PIXSCALE_DR10_ARCSEC, theta_e_arcsec: float | None = None,
+def stamp_statistics(image, invvar=None, pixscale_arcsec: float = PIXSCALE_DR10_ARCSEC, theta_e_arcsec: float | None = None,
                      center_pix=None) -> dict:
     """Realism statistics of one stamp (see the module docstring for every definition).
 
@@ -297,7 +287,7 @@ def stamp_statistics(image, invvar=None, pixscale: float = PIXSCALE_DR10_ARCSEC,
         g, r, z image in nanomaggies per pixel (sky-subtracted or not: the sky level goes).
     invvar : array (3, H, W) or None
         Inverse variance, 1/nanomaggies^2; None for cutouts without it (noise from the border MAD).
-    pixscale : float
+    pixscale_arcsec : float
         Pixel scale, arcsec per pixel.
     theta_e_arcsec : float or None
         Einstein radius (arcsec) centring the annulus; None uses ``DEFAULT_ANNULUS_ARCSEC``.
@@ -321,15 +311,15 @@ def stamp_statistics(image, invvar=None, pixscale: float = PIXSCALE_DR10_ARCSEC,
         invvar = np.asarray(invvar, dtype=np.float64)
         if invvar.shape != img.shape:
             raise InvalidValueError("invvar", invvar, f"must have the image's shape {img.shape}")
-    pixscale = check_range("pixscale", pixscale, 0.0, 10.0, lo_open=True)
+    pixscale_arcsec = check_range("pixscale_arcsec", pixscale_arcsec, 0.0, 10.0, lo_open=True)
     _, h, w = img.shape
     c = ((h - 1) / 2.0, (w - 1) / 2.0) if center_pix is None else (float(center_pix[0]), float(center_pix[1]))
     r_in, r_out = annulus_arcsec(theta_e_arcsec)
     r_pix = _radius_pix(h, w, c)
-    in_ann = (r_pix * pixscale >= r_in) & (r_pix * pixscale <= r_out)
+    in_ann = (r_pix * pixscale_arcsec >= r_in) & (r_pix * pixscale_arcsec <= r_out)
 
     med, sigma, out = _background(img, invvar)
-    q, phi = lens_shape(img, c, pixscale)
+    q, phi = lens_shape(img, c, pixscale_arcsec)
     resid = azimuthal_median_residual(img, c, q, phi)
     flux = resid[:, in_ann].sum(axis=1)
     for b, band in enumerate(BANDS):
@@ -346,14 +336,14 @@ def stamp_statistics(image, invvar=None, pixscale: float = PIXSCALE_DR10_ARCSEC,
     out["arc_snr"] = float(flux.sum() / math.sqrt(var)) if 0 < var < np.inf else math.nan
 
     smooth_r = ndimage.uniform_filter(resid[1], size=3, mode="nearest")
-    out["peak_resid_sb_r_nmgy_arcsec2"] = float(smooth_r[in_ann].max() / pixscale ** 2)
+    out["peak_resid_sb_r_nmgy_arcsec2"] = float(smooth_r[in_ann].max() / pixscale_arcsec ** 2)
 
     safe = np.where(sigma > 0, sigma, np.inf)[:, None, None]
     det = ndimage.uniform_filter((resid / safe).sum(axis=0), size=3, mode="nearest")
     yy, xx = np.mgrid[:h, :w]
-    out.update(_arc_shape(det, in_ann, r_pix, yy, xx, c, pixscale))
+    out.update(_arc_shape(det, in_ann, r_pix, yy, xx, c, pixscale_arcsec))
 
-    core = r_pix * pixscale <= LENS_APERTURE_ARCSEC
+    core = r_pix * pixscale_arcsec <= LENS_APERTURE_ARCSEC
     lens_flux = float((img[1, core] - med[1]).sum())
     out["lens_flux_r_nmgy"] = lens_flux
     out["lens_mag_r"] = float(nmgy_to_mag(lens_flux))

@@ -70,7 +70,7 @@ _GROUP_TASKS = 8  # tasks per vectorised coarse pass: ~3 MB of float32 temporari
 # ----------------------------------------------------------------------------- per-grid constants (cached)
 @dataclass(frozen=True, eq=False)
 class _Plan:
-    """Everything about a (stamp_size, pixscale, supersample) grid that does not depend on the task."""
+    """Everything about a (stamp_size, pixscale_arcsec, supersample) grid that does not depend on the task."""
 
     n: int
     pixscale: float
@@ -88,8 +88,8 @@ class _Plan:
 
 
 @lru_cache(maxsize=32)
-def _plan(stamp_size: int, pixscale: float, supersample: int) -> _Plan:
-    n, h = stamp_size, pixscale
+def _plan(stamp_size: int, pixscale_arcsec: float, supersample: int) -> _Plan:
+    n, h = stamp_size, pixscale_arcsec
     c = pixel_centers_arcsec(n, h)
     edges = np.append(c - 0.5 * h, c[-1] + 0.5 * h)
     ex, ey = np.meshgrid(edges, edges)
@@ -437,13 +437,13 @@ def _unique_shapes(sources):
     return out
 
 
-def render_sb_batch(lenses, sources_per_task, stamp_size, pixscale, supersample, adaptive=True,
+def render_sb_batch(lenses, sources_per_task, stamp_size, pixscale_arcsec, supersample, adaptive=True,
                     refine_tol=DEFAULT_REFINE_TOL, cull_tol=DEFAULT_CULL_TOL) -> list[np.ndarray]:
     """Unconvolved lensed images of many tasks: list of (B_t, N, N) float64, flux per pixel.
 
     Inputs must be validated (see :func:`render_arc_bands` for the parameters).
     """
-    plan = _plan(stamp_size, pixscale, supersample)
+    plan = _plan(stamp_size, pixscale_arcsec, supersample)
     out = []
     for (pix, groups), srcs in zip(_render_many_pairs(plan, lenses, sources_per_task, adaptive, refine_tol, cull_tol),
                                    sources_per_task, strict=True):
@@ -452,7 +452,7 @@ def render_sb_batch(lenses, sources_per_task, stamp_size, pixscale, supersample,
     return out
 
 
-def render_sb_bands(lens, sources, stamp_size, pixscale, supersample, adaptive=True, refine_tol=DEFAULT_REFINE_TOL,
+def render_sb_bands(lens, sources, stamp_size, pixscale_arcsec, supersample, adaptive=True, refine_tol=DEFAULT_REFINE_TOL,
                     cull_tol=DEFAULT_CULL_TOL):
     """Unconvolved lensed images of one task, (B, N, N) float64 flux per pixel (inputs validated)."""
-    return render_sb_batch([lens], [sources], stamp_size, pixscale, supersample, adaptive, refine_tol, cull_tol)[0]
+    return render_sb_batch([lens], [sources], stamp_size, pixscale_arcsec, supersample, adaptive, refine_tol, cull_tol)[0]

@@ -53,15 +53,15 @@ class ArcRender:
 
 
 # ----------------------------------------------------------------------------- validation
-def _validate_geometry(stamp_size, pixscale, supersample):
+def _validate_geometry(stamp_size, pixscale_arcsec, supersample):
     check_range("stamp_size", stamp_size, MIN_STAMP_SIZE, 4096)
     if isinstance(stamp_size, bool) or int(stamp_size) != stamp_size:
         raise InvalidValueError("stamp_size", stamp_size, f"must be an integer >= {MIN_STAMP_SIZE} (pixels)")
-    check_range("pixscale", pixscale, 0.0, math.inf, lo_open=True)
+    check_range("pixscale_arcsec", pixscale_arcsec, 0.0, math.inf, lo_open=True)
     check_range("supersample", supersample, 1, 64)
     if isinstance(supersample, bool) or int(supersample) != supersample:
         raise InvalidValueError("supersample", supersample, "must be an integer >= 1")
-    return int(stamp_size), float(pixscale), int(supersample)
+    return int(stamp_size), float(pixscale_arcsec), int(supersample)
 
 
 def _validate_task(lens, sources, psfs):
@@ -142,8 +142,8 @@ def _convolve_scaled(images, image_of_out, scale_of_out, psfs, dtype) -> np.ndar
 
 
 # ----------------------------------------------------------------------------- engines
-def _numpy_engine(lens, sources, psfs, stamp_size, pixscale, supersample, adaptive, refine_tol):
-    (pix, groups), = _render_many_pairs(_plan(stamp_size, pixscale, supersample), [lens], [sources], adaptive,
+def _numpy_engine(lens, sources, psfs, stamp_size, pixscale_arcsec, supersample, adaptive, refine_tol):
+    (pix, groups), = _render_many_pairs(_plan(stamp_size, pixscale_arcsec, supersample), [lens], [sources], adaptive,
                                         refine_tol, DEFAULT_CULL_TOL)
     pair_of_band, scale_of_band = _band_map(groups, len(sources))
     images = _convolve_scaled(pix, pair_of_band, scale_of_band, psfs, _fft_dtype(adaptive))
@@ -155,7 +155,7 @@ def _fft_dtype(adaptive: bool):
 
 
 ENGINES = {"numpy": _numpy_engine, "lenstronomy": lenstronomy_engine.render_bands}
-"""Render engine name -> ``f(lens, sources, psfs, stamp_size, pixscale, supersample, adaptive, refine_tol)``
+"""Render engine name -> ``f(lens, sources, psfs, stamp_size, pixscale_arcsec, supersample, adaptive, refine_tol)``
 returning ``(images (B, H, W) flux per pixel, unconvolved band-0 flux in the stamp)``."""
 
 
@@ -165,7 +165,7 @@ def _engine(name):
     return ENGINES[name]
 
 
-def render_arc_bands(lens, sources, psfs, stamp_size, pixscale, supersample=4, engine="numpy",
+def render_arc_bands(lens, sources, psfs, stamp_size, pixscale_arcsec, supersample=4, engine="numpy",
                      adaptive=True, refine_tol=DEFAULT_REFINE_TOL) -> ArcRender:
     """Lensed, PSF-convolved arc in every band; deflections computed once for all bands.
 
@@ -179,7 +179,7 @@ def render_arc_bands(lens, sources, psfs, stamp_size, pixscale, supersample=4, e
         Odd, centred, unit-sum PSF kernels on the stamp's pixel grid.
     stamp_size : int
         Stamp side, pixels (>= 8).
-    pixscale : float
+    pixscale_arcsec : float
         Pixel scale, arcsec per pixel.
     supersample : int
         Sub-pixels per pixel per axis (>= 1).
@@ -196,26 +196,26 @@ def render_arc_bands(lens, sources, psfs, stamp_size, pixscale, supersample=4, e
     ArcRender
         ``images`` (B, H, W) float64 flux per pixel and the band-0 ``magnification``.
     """
-    stamp_size, pixscale, supersample = _validate_geometry(stamp_size, pixscale, supersample)
+    stamp_size, pixscale_arcsec, supersample = _validate_geometry(stamp_size, pixscale_arcsec, supersample)
     sources, psfs = _validate_task(lens, sources, psfs)
     check_range("refine_tol", refine_tol, 0.0, 1.0)
-    images, flux0 = _engine(engine)(lens, sources, psfs, stamp_size, pixscale, supersample, bool(adaptive),
+    images, flux0 = _engine(engine)(lens, sources, psfs, stamp_size, pixscale_arcsec, supersample, bool(adaptive),
                                     float(refine_tol))
     mag = flux0 / sources[0].flux if sources[0].flux > 0 else float("nan")
     return ArcRender(images=images, magnification=float(mag))
 
 
-def render_arc(lens, source, psf, stamp_size, pixscale, supersample=4, engine="numpy", adaptive=True,
+def render_arc(lens, source, psf, stamp_size, pixscale_arcsec, supersample=4, engine="numpy", adaptive=True,
                refine_tol=DEFAULT_REFINE_TOL) -> np.ndarray:
     """Lensed, PSF-convolved arc of one source: (H, W) float64, flux per pixel.
 
     Parameters as :func:`render_arc_bands` with a single ``source`` and ``psf``.
     """
-    return render_arc_bands(lens, [source], [psf], stamp_size, pixscale, supersample, engine, adaptive,
+    return render_arc_bands(lens, [source], [psf], stamp_size, pixscale_arcsec, supersample, engine, adaptive,
                             refine_tol).images[0]
 
 
-def render_arcs(tasks, stamp_size, pixscale, supersample=4, engine="numpy", adaptive=True,
+def render_arcs(tasks, stamp_size, pixscale_arcsec, supersample=4, engine="numpy", adaptive=True,
                 refine_tol=DEFAULT_REFINE_TOL, chunk_size=16) -> list[ArcRender]:
     """Batch of :func:`render_arc_bands` calls, convolved together (throughput mode).
 
@@ -223,7 +223,7 @@ def render_arcs(tasks, stamp_size, pixscale, supersample=4, engine="numpy", adap
     ----------
     tasks : iterable of (lens, sources, psfs)
         One tuple per stamp, each as the arguments of :func:`render_arc_bands`.
-    stamp_size, pixscale, supersample, engine, adaptive, refine_tol
+    stamp_size, pixscale_arcsec, supersample, engine, adaptive, refine_tol
         As :func:`render_arc_bands`, shared by all tasks.
     chunk_size : int
         Tasks convolved together in one stacked FFT (memory ~0.2 MB per band at 64x64).
@@ -232,14 +232,14 @@ def render_arcs(tasks, stamp_size, pixscale, supersample=4, engine="numpy", adap
     -------
     list of ArcRender, in task order.
     """
-    stamp_size, pixscale, supersample = _validate_geometry(stamp_size, pixscale, supersample)
+    stamp_size, pixscale_arcsec, supersample = _validate_geometry(stamp_size, pixscale_arcsec, supersample)
     check_range("refine_tol", refine_tol, 0.0, 1.0)
     tasks = [_validate_task(*t) + (t[0],) for t in tasks]
     if engine != "numpy":
         eng = _engine(engine)
-        results = [eng(lens, s, p, stamp_size, pixscale, supersample, adaptive, refine_tol) for s, p, lens in tasks]
+        results = [eng(lens, s, p, stamp_size, pixscale_arcsec, supersample, adaptive, refine_tol) for s, p, lens in tasks]
     else:
-        plan, results = _plan(stamp_size, pixscale, supersample), []
+        plan, results = _plan(stamp_size, pixscale_arcsec, supersample), []
         for c in range(0, len(tasks), chunk_size):  # bounded memory, and the FFT buffers stay in cache
             chunk = tasks[c:c + chunk_size]
             rendered = _render_many_pairs(plan, [le for _, _, le in chunk], [s for s, _, _ in chunk], adaptive,

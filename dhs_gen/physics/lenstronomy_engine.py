@@ -5,7 +5,7 @@ and benchmark. lenstronomy is imported lazily here only, so the kernels stay imp
 
 The task is translated one-to-one:
 
-* ``PixelGrid`` with our pixel centres (``(i - (N-1)/2) * pixscale``, x along columns);
+* ``PixelGrid`` with our pixel centres (``(i - (N-1)/2) * pixscale_arcsec``, x along columns);
 * ``PSF(psf_type="PIXEL")`` with the same kernel, convolved at pixel level (lenstronomy's
   default ``supersampling_convolution=False``, ``fftconvolve(mode="same")``), and
   ``supersampling_factor = supersample`` (the same sub-pixel centres);
@@ -41,7 +41,7 @@ def light_model(names: list[str]):
     return model
 
 
-def image_model(lens, source, psf, stamp_size: int, pixscale: float, supersample: int):
+def image_model(lens, source, psf, stamp_size: int, pixscale_arcsec: float, supersample: int):
     """(lenstronomy ``ImageModel``, kwargs_lens, kwargs_source) for one band of a task.
 
     Parameters
@@ -50,7 +50,7 @@ def image_model(lens, source, psf, stamp_size: int, pixscale: float, supersample
     source : SersicSource or TemplateSource
     psf : ndarray (k, k), odd, unit sum
     stamp_size : int, pixels
-    pixscale : float, arcsec per pixel
+    pixscale_arcsec : float, arcsec per pixel
     supersample : int
     """
     from lenstronomy.Data.pixel_grid import PixelGrid
@@ -58,8 +58,8 @@ def image_model(lens, source, psf, stamp_size: int, pixscale: float, supersample
     from lenstronomy.ImSim.image_model import ImageModel
     from lenstronomy.LensModel.lens_model import LensModel
 
-    corner = -(stamp_size - 1) / 2.0 * pixscale
-    grid = PixelGrid(nx=stamp_size, ny=stamp_size, transform_pix2angle=np.eye(2) * pixscale,
+    corner = -(stamp_size - 1) / 2.0 * pixscale_arcsec
+    grid = PixelGrid(nx=stamp_size, ny=stamp_size, transform_pix2angle=np.eye(2) * pixscale_arcsec,
                      ra_at_xy_0=corner, dec_at_xy_0=corner)
     name, kwargs_source = source.lenstronomy()
     model = ImageModel(grid, PSF(psf_type="PIXEL", kernel_point_source=np.asarray(psf, dtype=float)),
@@ -68,7 +68,7 @@ def image_model(lens, source, psf, stamp_size: int, pixscale: float, supersample
     return model, lens.lenstronomy_kwargs(), [kwargs_source]
 
 
-def render_bands(lens, sources, psfs, stamp_size, pixscale, supersample, adaptive=False, refine_tol=None):
+def render_bands(lens, sources, psfs, stamp_size, pixscale_arcsec, supersample, adaptive=False, refine_tol=None):
     """Render every band with lenstronomy.
 
     Returns
@@ -78,7 +78,7 @@ def render_bands(lens, sources, psfs, stamp_size, pixscale, supersample, adaptiv
     """
     images, flux0 = [], 0.0
     for b, (source, psf) in enumerate(zip(sources, psfs, strict=True)):
-        model, kl, ks = image_model(lens, source, psf, stamp_size, pixscale, supersample)
+        model, kl, ks = image_model(lens, source, psf, stamp_size, pixscale_arcsec, supersample)
         images.append(np.asarray(model.image(kwargs_lens=kl, kwargs_source=ks), dtype=np.float64))
         if b == 0:
             flux0 = float(np.sum(model.image(kwargs_lens=kl, kwargs_source=ks, unconvolved=True)))

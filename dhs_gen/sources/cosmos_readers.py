@@ -76,16 +76,16 @@ def prepare_image(raw) -> tuple[np.ndarray, int]:
     return img, int(bad.sum())
 
 
-def measure_source(raw, pixscale: float, meta: dict, index: int) -> COSMOSSource:
+def measure_source(raw, pixscale_arcsec: float, meta: dict, index: int) -> COSMOSSource:
     """Build a :class:`COSMOSSource` from a raw stamp (flux per pixel) and catalog metadata."""
     img, n_bad = prepare_image(raw)
     center = flux_weighted_centroid(img)
     hlr = meta.get("hlr_arcsec")
-    hlr = half_light_radius(img, pixscale, center) if hlr is None else float(hlr)
+    hlr = half_light_radius(img, pixscale_arcsec, center) if hlr is None else float(hlr)
     clump = meta.get("clumpiness")
-    clump = clumpiness(img, hlr / pixscale, center) if clump is None else float(clump)
+    clump = clumpiness(img, hlr / pixscale_arcsec, center) if clump is None else float(clump)
     img.setflags(write=False)
-    return COSMOSSource(image=img, pixscale=float(pixscale), half_light_radius=hlr, clumpiness=clump,
+    return COSMOSSource(image=img, pixscale=float(pixscale_arcsec), half_light_radius=hlr, clumpiness=clump,
                         catalog_id=int(meta.get("catalog_id", index)), flux=float(img.sum()),
                         flux_radius_catalog=float(meta.get("flux_radius_arcsec", math.nan)),
                         mag=float(meta.get("mag", math.nan)), band=str(meta.get("band", "")),

@@ -29,6 +29,7 @@ import numpy as np
 from scipy import special
 
 from dhs_gen.errors import InvalidValueError, check_range
+from dhs_gen.sources.profiles import sersic_b_n
 from dhs_gen.utils import rng_for
 
 BANDS = ("g", "r", "z")
@@ -49,11 +50,6 @@ CORE_SUPERSAMPLE = 16
 """Pixels within CORE_HALF_PIX (per axis) of the centre are integrated with 16x16 samples."""
 
 _SALT = "gen7_hybrid_v1"
-
-
-def _sersic_bn(n_sersic: float) -> float:
-    """Exact b_n such that R = re encloses half the light of a Sersic profile of index n."""
-    return float(special.gammaincinv(2.0 * n_sersic, 0.5))
 
 
 def _radius_pow(rows: np.ndarray, cols: np.ndarray, h: int, w: int, n_sersic: float, q: float, phi_rad: float,
@@ -104,7 +100,7 @@ def sersic_templates(h: int, w: int, re_pix_list, n_sersic: float, q: float, phi
     core_c = np.flatnonzero(np.abs(cols - (w - 1) / 2.0) <= CORE_HALF_PIX)
     r_pow = _radius_pow(rows, cols, h, w, n_sersic, q, phi_rad, supersample)
     r_pow_core = _radius_pow(rows[core_r], cols[core_c], h, w, n_sersic, q, phi_rad, CORE_SUPERSAMPLE)
-    b_n = _sersic_bn(n_sersic)
+    b_n = sersic_b_n(n_sersic)
     out, done = [], {}
     for re_pix in re_pix_list:
         if re_pix not in done:

@@ -87,10 +87,10 @@ def _sersic_sb(x, y, r_eff, n, e1, e2):
     return sersic_sb_arrays(x, y, 1.0, r_eff, n, q, phi, 0.0, 0.0, sersic_b_n(n))
 
 
-def _pixel_means(profile, n_pix: int, dx_pix: float, dy_pix: float, pixscale: float, s: int):
+def _pixel_means(profile, n_pix: int, dx_pix: float, dy_pix: float, pixscale_arcsec: float, s: int):
     """Mean of ``profile(x, y)`` over each pixel of an odd ``n_pix`` grid, object at (dx, dy) px off centre."""
-    x, y = pixel_grid_arcsec(n_pix, pixscale, s)
-    values = profile(x - dx_pix * pixscale, y - dy_pix * pixscale)
+    x, y = pixel_grid_arcsec(n_pix, pixscale_arcsec, s)
+    values = profile(x - dx_pix * pixscale_arcsec, y - dy_pix * pixscale_arcsec)
     return values.reshape(n_pix, s, n_pix, s).mean(axis=(1, 3))
 
 
@@ -250,7 +250,7 @@ def _add_postage(img: np.ndarray, postage: np.ndarray, ix: int, iy: int) -> None
         img[cy0:cy1, cx0:cx1] += postage[cy0 - y0: cy1 - y0, cx0 - x0: cx1 - x0]
 
 
-def _render_objects(objs: dict, psfsize: dict, size: int, pixscale: float) -> dict:
+def _render_objects(objs: dict, psfsize: dict, size: int, pixscale_arcsec: float) -> dict:
     """Noiseless model per band (float64, nmgy per pixel)."""
     model = {b: np.zeros((size, size)) for b in BANDS}
     for i in range(len(objs["kind"])):
@@ -261,18 +261,18 @@ def _render_objects(objs: dict, psfsize: dict, size: int, pixscale: float) -> di
         if objs["kind"][i] == "star":
             for b in BANDS:
                 fwhm = float(psfsize[b][cy, cx])
-                half = int(math.ceil(6 * fwhm / pixscale))
+                half = int(math.ceil(6 * fwhm / pixscale_arcsec))
                 _add_postage(model[b], render_moffat(objs[f"flux_{b}"][i], fwhm, dx, dy, half,
-                                                     pixscale_arcsec=pixscale), ix, iy)
+                                                     pixscale_arcsec=pixscale_arcsec), ix, iy)
             continue
         r_eff, n = objs["r_eff_arcsec"][i], objs["n_sersic"][i]
         # n=4 keeps 2.8 % of its light beyond 12 r_eff and 0.6 % beyond 25: render out to 25 r_eff
         # (at least 20", at most 50"); exponentials hold < 0.1 % beyond 8 r_eff
         reach = min(max(25.0 * r_eff, 20.0), 50.0) if n >= 2 else 8.0 * r_eff
-        half = int(math.ceil(reach / pixscale))
-        unit = render_sersic(1.0, r_eff, n, objs["e1"][i], objs["e2"][i], dx, dy, half, pixscale)
+        half = int(math.ceil(reach / pixscale_arcsec))
+        unit = render_sersic(1.0, r_eff, n, objs["e1"][i], objs["e2"][i], dx, dy, half, pixscale_arcsec)
         for b in BANDS:
-            kernel = psf_kernel(float(psfsize[b][cy, cx]), pixscale)
+            kernel = psf_kernel(float(psfsize[b][cy, cx]), pixscale_arcsec)
             conv = fftconvolve(np.pad(unit, kernel.shape[0] // 2), kernel, mode="same")
             _add_postage(model[b], conv * objs[f"flux_{b}"][i], ix, iy)
     return model

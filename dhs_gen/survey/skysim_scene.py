@@ -118,7 +118,7 @@ def draw_objects(rng: np.random.Generator, cfg: SkyConfig, size: int, gap=None) 
     }
 
 
-def mask_bits_for(objs: dict, wcs, info: BrickInfo, size: int, pixscale: float) -> np.ndarray:
+def mask_bits_for(objs: dict, wcs, info: BrickInfo, size: int, pixscale_arcsec: float) -> np.ndarray:
     """int32 maskbits: NPRIMARY outside the brick's own area, BRIGHT / MEDIUM disks around stars."""
     mask = np.zeros((size, size), dtype=np.int32)
     yy, xx = np.mgrid[0:size, 0:size]
@@ -135,7 +135,7 @@ def mask_bits_for(objs: dict, wcs, info: BrickInfo, size: int, pixscale: float) 
             mask[sel] |= np.where(outside, MASKBITS["NPRIMARY"], 0).astype(np.int32)
     for i in np.flatnonzero((objs["kind"] == "star") & (objs["mag_r"] < 16.0)):
         bit = MASKBITS["BRIGHT"] if objs["mag_r"][i] < 13.0 else MASKBITS["MEDIUM"]
-        rad = mask_radius_arcsec(objs["mag_r"][i]) / pixscale
+        rad = mask_radius_arcsec(objs["mag_r"][i]) / pixscale_arcsec
         x, y = objs["x_pix"][i], objs["y_pix"][i]
         y0, y1 = max(int(y - rad), 0), min(int(y + rad) + 2, size)
         x0, x1 = max(int(x - rad), 0), min(int(x + rad) + 2, size)

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
-from dhs_gen.errors import InvalidValueError, check_range
+from dhs_gen.errors import DhsError, check_range
 from dhs_gen.imaging.resample import area_weighted_resample
 
 BANDS = "grz"
 MAX_ZERO_FRACTION = 0.01
 
 
-class CutoutUnavailable(Exception):
+class CutoutUnavailable(DhsError):
     """No usable pixels for a position: ``reason`` is a short code, ``detail`` the specifics."""
 
     def __init__(self, reason: str, detail: str = ""):
@@ -38,35 +38,6 @@ class Cutout:
     image: np.ndarray
     invvar: np.ndarray | None
     provenance: str
-
-
-def area_resample(image, src_pixscale_arcsec: float, dst_pixscale_arcsec: float, size_pix: int):
-    """Rebin flux-per-pixel images onto a ``size_pix`` grid of another pixel scale, conserving flux.
-
-    Each output pixel receives the flux of every input pixel in proportion to their overlap area
-    (exact for pixels as uniform squares; no aliasing when downsampling). Image centres coincide.
-    The (B, H, W) wrapper of :func:`dhs_gen.imaging.resample.area_weighted_resample`.
-
-    Parameters
-    ----------
-    image : array (B, H, W)
-        Flux per input pixel (e.g. nanomaggies).
-    src_pixscale_arcsec, dst_pixscale_arcsec : float
-        Input and output pixel scales, arcsec per pixel.
-    size_pix : int
-        Output side, pixels.
-
-    Returns
-    -------
-    out : ndarray (B, size, size), float64, flux per output pixel.
-    coverage : ndarray (size, size), fraction of each output pixel covered by the input, in [0, 1].
-    """
-    img = np.asarray(image, dtype=float)
-    if img.ndim != 3:
-        raise InvalidValueError("image", img, "must be (bands, H, W)")
-    src = check_range("src_pixscale_arcsec", src_pixscale_arcsec, 0.0, 60.0, lo_open=True)
-    dst = check_range("dst_pixscale_arcsec", dst_pixscale_arcsec, 0.0, 60.0, lo_open=True)
-    return area_weighted_resample(img, src, dst, (size_pix, size_pix))
 
 
 def standardize(image, pixscale_arcsec: float, bands: str, size_pix: int, source: str, scale: float = 1.0,
@@ -111,7 +82,8 @@ def standardize(image, pixscale_arcsec: float, bands: str, size_pix: int, source
         img = img * ratio**2  # per 0.262" pixel area -> per input pixel
         steps.append("surface brightness per 0.262\" pixel -> flux per input pixel")
     if abs(ratio - 1.0) > 1e-6:
-        img, coverage = area_resample(img, pixscale_arcsec, PIXSCALE_DR10_ARCSEC, size_pix)
+        check_range("pixscale_arcsec", pixscale_arcsec, 0.0, 60.0, lo_open=True)
+        img, coverage = area_weighted_resample(img, pixscale_arcsec, PIXSCALE_DR10_ARCSEC, (size_pix, size_pix))
         steps.append(f"area-weighted resample {pixscale_arcsec:.4f} -> {PIXSCALE_DR10_ARCSEC}\"/pix, {size_pix} px")
         inv = None
     else:

@@ -23,7 +23,7 @@ from dhs_gen.errors import InvalidValueError, check_choice, check_range
 from jobs.cutouts.cutout import BANDS, Cutout, CutoutUnavailable, standardize
 
 DEFAULT_SERVICE_URL = ("https://www.legacysurvey.org/viewer/cutout.fits?ra={ra}&dec={dec}&layer=ls-dr10"
-                       "&pixscale=0.262&size={size}&bands=grz")
+                       f"&pixscale={PIXSCALE_DR10_ARCSEC}&size={{size}}&bands=grz")
 
 
 def _fits_cutout(hdul, source: str, size_pix: int, surface_brightness: bool) -> Cutout:

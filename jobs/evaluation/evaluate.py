@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dhs_gen.errors import ConfigError
+from dhs_gen.json_values import finite_or_none
 from dhs_gen.metrics import (
     binomial_ci,
     bootstrap_ci,
@@ -35,12 +36,7 @@ from dhs_gen.metrics import (
     tpr_at_n_false_positives,
 )
 from dhs_gen.utils import hash_uint64
-from jobs.evaluation.gates import (
-    CentralPixels,
-    compute_anchor_metrics,
-    finite_or_none,
-    leakage_gates,
-)
+from jobs.evaluation.gates import CentralPixels, compute_anchor_metrics, leakage_gates
 from jobs.evaluation.score import DEFAULT_CORE_RADIUS_PIX
 
 STRATA = ("source_mode", "artifact_profile")

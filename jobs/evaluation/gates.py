@@ -20,25 +20,35 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from dhs_gen.augmentation.negatives import core_mask
+from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
 from dhs_gen.errors import InvalidValueError, check_range
-from dhs_gen.metrics import _as_scores_labels, _json_number, roc_auc
+from dhs_gen.json_values import finite_or_none
+from dhs_gen.metrics import _as_scores_labels, roc_auc
 from dhs_gen.utils import uniform_from_hash
-from jobs.evaluation.score import core_mask
 from jobs.runtime import storage
 
-
-def finite_or_none(v):
-    """``v``, or None when it is None or a non-finite float (JSON has no NaN / inf)."""
-    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+COMPARISONS = ("<=", ">=", "in")
+VERDICT = {True: "PASS", False: "FAIL", None: "not computable"}
 
 
-def gate(name: str, value, threshold: float, comparison: str, reason: str = "", **extra) -> dict:
-    """One gate: passes when ``value <comparison> threshold``; None (not computable) without a value."""
+def gate(name: str, value, threshold, comparison: str, reason: str = "", **extra) -> dict:
+    """The one record of every gate (leakage, anchor, realism): passes when ``value <comparison> threshold``.
+
+    ``comparison`` is ``"<="``, ``">="`` or ``"in"`` (``threshold`` then a closed ``[lo, hi]``); a gate
+    without a finite value is not computable (``pass`` None, never a silent pass). ``reason`` says what
+    the gate measures or why it could not be computed; ``extra`` adds counts and context.
+    """
+    if comparison not in COMPARISONS:
+        raise InvalidValueError("comparison", comparison, f"one of {COMPARISONS}")
     value = finite_or_none(value)
     if value is None:
         return {"name": name, "value": None, "threshold": threshold, "comparison": comparison, "pass": None,
                 "reason": reason or "not computable", **extra}
-    ok = value <= threshold if comparison == "<=" else value >= threshold
+    if comparison == "in":
+        ok = threshold[0] <= value <= threshold[1]
+    else:
+        ok = value <= threshold if comparison == "<=" else value >= threshold
     return {"name": name, "value": float(value), "threshold": threshold, "comparison": comparison,
             "pass": bool(ok), "reason": reason, **extra}
 
@@ -72,13 +82,12 @@ class CentralPixels:
 # theta_E < R + FWHM/2 (its PSF-blurred ridge reaches the core). The core gates ask whether the core
 # separates the classes when *no* arc light is expected there, so they use only rows whose arcs are
 # clear of it; the rule and the row count are reported with each gate.
-PIXSCALE_ARCSEC = 0.262
 ARC_CLEAR_MARGIN_ARCSEC = 0.65   # half the DR10 r-band PSF FWHM
 
 
 def arc_clear_theta_e(core_radius_pix: float) -> float:
     """Smallest theta_E (arcsec) whose arc stays outside a core of ``core_radius_pix`` pixels."""
-    return core_radius_pix * PIXSCALE_ARCSEC + ARC_CLEAR_MARGIN_ARCSEC
+    return core_radius_pix * PIXSCALE_DR10_ARCSEC + ARC_CLEAR_MARGIN_ARCSEC
 
 
 def _arc_clear(theta_e, core_radius_pix: float) -> np.ndarray:
@@ -181,9 +190,10 @@ DEFAULT_ANCHOR_GATE = {
 class AnchorMetrics:
     """Metrics of a finder on a real anchor set (known lenses vs real hard negatives).
 
-    Rates are fractions; scores are the finder's probabilities. A criterion that cannot be
-    computed (e.g. no hard negatives) is ``None`` in ``gate_criteria`` and listed in
-    ``not_computable``; the gate then does not pass.
+    Rates are fractions; scores are the finder's probabilities. ``gates`` holds one :func:`gate`
+    record per criterion (recovery, contamination, separation, auroc); a criterion that cannot be
+    computed (e.g. no hard negatives) has ``pass`` None and is listed in ``not_computable``; the
+    anchor gate then does not pass.
     """
 
     n_known_lenses: int
@@ -195,7 +205,7 @@ class AnchorMetrics:
     score_separation: float
     auroc_anchor: float
     passes_anchor_gate: bool
-    gate_criteria: dict = field(default_factory=dict)
+    gates: list = field(default_factory=list)
     not_computable: tuple = ()
     threshold: float = 0.5
     gate_thresholds: dict = field(default_factory=lambda: dict(DEFAULT_ANCHOR_GATE))
@@ -204,7 +214,12 @@ class AnchorMetrics:
         """JSON-ready dict (NaN -> None)."""
         d = asdict(self)
         d["not_computable"] = list(self.not_computable)
-        return {k: _json_number(v) for k, v in d.items()}
+        return {k: finite_or_none(v) for k, v in d.items()}
+
+    @property
+    def gate_criteria(self) -> dict:
+        """``{criterion: pass}`` (True, False, or None when not computable), read from :attr:`gates`."""
+        return {g["name"]: g["pass"] for g in self.gates}
 
 
 def compute_anchor_metrics(scores, labels, threshold: float = 0.5, thresholds: dict | None = None) -> AnchorMetrics:
@@ -240,17 +255,21 @@ def compute_anchor_metrics(scores, labels, threshold: float = 0.5, thresholds: d
     contamination = n_con / neg.size if neg.size else math.nan
     separation = float(np.median(pos) - np.median(neg)) if pos.size and neg.size else math.nan
     auroc = roc_auc(s, y)
-    checks = {
-        "recovery": (recovery, lambda v: v >= limits["min_recovery_rate"]),
-        "contamination": (contamination, lambda v: v <= limits["max_contamination_rate"]),
-        "separation": (separation, lambda v: v >= limits["min_score_separation"]),
-        "auroc": (auroc, lambda v: v >= limits["min_auroc"]),
-    }
-    criteria = {name: (None if math.isnan(v) else bool(ok(v))) for name, (v, ok) in checks.items()}
-    missing = tuple(name for name, v in criteria.items() if v is None)
-    passes = not missing and all(criteria.values())
+    gates = [
+        gate("recovery", recovery, limits["min_recovery_rate"], ">=",
+             "" if pos.size else "no known lenses", what=f"known lenses scoring >= {threshold:g}"),
+        gate("contamination", contamination, limits["max_contamination_rate"], "<=",
+             "" if neg.size else "no hard negatives", what=f"real hard negatives scoring >= {threshold:g}"),
+        gate("separation", separation, limits["min_score_separation"], ">=",
+             "" if pos.size and neg.size else "needs lenses and hard negatives",
+             what="median score of lenses - median score of hard negatives"),
+        gate("auroc", auroc, limits["min_auroc"], ">=",
+             "" if pos.size and neg.size else "needs lenses and hard negatives", what="AUROC lenses vs hard negatives"),
+    ]
+    missing = tuple(g["name"] for g in gates if g["pass"] is None)
+    passes = not missing and all(g["pass"] for g in gates)
     return AnchorMetrics(pos.size, n_rec, recovery, neg.size, n_con, contamination, separation, auroc,
-                         passes, criteria, missing, threshold, limits)
+                         passes, gates, missing, threshold, limits)
 
 
 def anchor_metrics(scored: pa.Table, threshold: float = 0.5, thresholds: dict | None = None) -> dict:

@@ -9,7 +9,7 @@ medians with a bootstrap CI), overall and per ``source_mode`` / ``artifact_profi
 headline number is the cross-validated AUC of a *domain classifier* (logistic regression on
 those statistics) telling real lenses from injections: 0.5 = indistinguishable; the earlier
 failure of this design (arcs ~100x too bright) reached 0.996. Writes ``R/realism.json`` with
-``gates`` (``{name, value, threshold, pass}``) and ``R/realism.html`` (:mod:`jobs.evaluation.realism_report`).
+``gates`` (:func:`jobs.evaluation.gates.gate` records) and ``R/realism.html`` (:mod:`jobs.evaluation.realism_report`).
 
 Real lenses: ``--anchors`` (ANCHOR_SCHEMA Parquet), else the default anchor set built from the
 shared data folder (``$DHS_SHARED_DATA``, default ``../shared/data`` beside the repository).
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
 from dhs_gen.errors import InvalidValueError
 from dhs_gen.imaging.realism_stats import (
     STAT_NAMES,
@@ -36,6 +37,8 @@ from dhs_gen.imaging.realism_stats import (
 )
 from dhs_gen.metrics import bootstrap_ci, roc_auc
 from dhs_gen.utils import uniform_from_hash
+from jobs.cutouts.sources import des_lrg_host_cutouts
+from jobs.evaluation.gates import VERDICT, gate
 from jobs.runtime import outputs, storage
 from jobs.runtime.config import shared_data_dir as default_shared_data_dir
 from jobs.runtime.schema import decode_image
@@ -60,7 +63,6 @@ ARC_STATS = ("resid_flux_g_nmgy", "resid_flux_r_nmgy", "resid_flux_z_nmgy", "res
              "resid_color_rz_mag", "arc_snr", "peak_resid_sb_r_nmgy_arcsec2", "tangential_extent_arcsec",
              "radial_extent_arcsec", "elongation")
 MAX_INJECTED = 1000        # injected stamps measured (deterministic hash sample): runtime bound
-DES_NMGY_PER_COUNT = 1e-3  # DES coadds at zeropoint 30 -> nanomaggies (zeropoint 22.5)
 _STAMP_COLUMNS = ["task_id", "pair_id", "kind", "label", "cutout_ok", "image", "invvar", "image_shape",
                   "pixscale_arcsec", "theta_e_arcsec", "source_mode", "artifact_profile", "arc_snr",
                   "arc_flux_r_nmgy", "psf_fwhm_r_arcsec"]
@@ -93,7 +95,7 @@ def _npz_lens_anchors(shared: Path) -> list[dict]:
         with np.load(f, allow_pickle=False) as d:
             img = np.asarray(d["cutout"], dtype=np.float32).transpose(2, 0, 1)
             name = str(d["meta_galaxy_id"]) if "meta_galaxy_id" in d.files else f.stem
-            pixscale = float(d["meta_pixel_scale"]) if "meta_pixel_scale" in d.files else 0.262
+            pixscale = float(d["meta_pixel_scale"]) if "meta_pixel_scale" in d.files else PIXSCALE_DR10_ARCSEC
         rows.append({"anchor_id": name, "name": name, "label": 1, "image": img, "invvar": None,
                      "pixscale_arcsec": pixscale, "theta_e_arcsec": None, "provenance": str(f)})
     return rows
@@ -134,20 +136,17 @@ def load_anchors(anchors_uri: str | None, shared_data_dir=None, work_dir: str | 
     return [_decode_anchor(r) for r in storage.read_parquet(files).to_pylist() if r.get("image") is not None]
 
 
-def load_des_hosts(shared_data_dir) -> list[dict]:
-    """Real DES LRG host cutouts (no lensing) as g, r, z nanomaggies, for host/background statistics.
+def load_des_hosts(shared_data_dir, size_pix: int) -> list[dict]:
+    """Real DES LRG host cutouts (no lensing) as g, r, z nanomaggies per 0.262" pixel, for host statistics.
 
-    Counts at zeropoint 30 times ``DES_NMGY_PER_COUNT``; checked against DR10: the border noise
-    comes out at ~0.004 nmgy in r, the DR10 cutouts' 0.0025-0.0045.
+    Read and standardised by :func:`jobs.cutouts.sources.des_lrg_host_cutouts`, the reader the anchor
+    set uses (counts at zeropoint 30 to nanomaggies; 0.263 -> 0.262"/pix, flux-conserving).
     """
-    from astropy.io import fits
-
     folder = Path(shared_data_dir) / "des" / "lrg_hosts"
     if not folder.is_dir():
         return []
-    cubes = [fits.getdata(folder / f"{b}.fits").astype(np.float64) * DES_NMGY_PER_COUNT for b in "grz"]
-    return [{"name": f"des_lrg_{i:02d}", "image": np.stack([c[i] for c in cubes]), "invvar": None,
-             "pixscale_arcsec": 0.263} for i in range(cubes[0].shape[0])]
+    return [{"name": meta["name"], "image": cut.image.astype(np.float64), "invvar": None,
+             "pixscale_arcsec": PIXSCALE_DR10_ARCSEC} for meta, cut in des_lrg_host_cutouts(str(folder), size_pix)]
 
 
 def measure(items: list[dict], size_pix: int) -> list[dict]:
@@ -160,7 +159,7 @@ def measure(items: list[dict], size_pix: int) -> list[dict]:
         if not np.all(np.isfinite(img)):
             out.append({k: math.nan for k in STAT_NAMES})
             continue
-        out.append(stamp_statistics(img, iv, float(it.get("pixscale_arcsec") or 0.262), None, center))
+        out.append(stamp_statistics(img, iv, float(it.get("pixscale_arcsec") or PIXSCALE_DR10_ARCSEC), None, center))
     return out
 
 
@@ -234,10 +233,6 @@ def _slacs_theta_e(shared: Path) -> np.ndarray:
     return np.asarray(data["theta_Ein"], dtype=float)
 
 
-def _gate(name: str, value, threshold, passed: bool, note: str) -> dict:
-    return {"name": name, "value": value, "threshold": threshold, "pass": bool(passed), "note": note}
-
-
 def compare_all(real_stats: list[dict], inj_stats: list[dict], inj_rows: list[dict]) -> dict:
     """Per-statistic comparisons, overall and per source_mode and artifact_profile."""
     out = {}
@@ -284,7 +279,7 @@ def run_realism(stamps_uri: str, anchors_uri_or_none: str | None, out_dir: str, 
         raise InvalidValueError("anchors", len(real_rows), f"need >= 2 real lens cutouts at least {size} px wide")
     nonlens_rows = [a for a in anchors if int(a["label"]) == 0 and min(a["image"].shape[1:]) >= size]
     if not nonlens_rows:
-        nonlens_rows = [h for h in load_des_hosts(shared) if min(h["image"].shape[1:]) >= size]
+        nonlens_rows = load_des_hosts(shared, size)
 
     real_stats, inj_stats = measure(real_rows, size), measure(inj_rows, size)
     ctl_stats, nonlens_stats = measure(ctl_rows, size), measure(nonlens_rows, size)
@@ -311,14 +306,14 @@ def run_realism(stamps_uri: str, anchors_uri_or_none: str | None, out_dir: str, 
     snr = median_ratio(_column(real_stats, "arc_snr"), _column(inj_stats, "arc_snr"))
     lo, hi = 1.0 / PHOTOMETRIC_FACTOR, PHOTOMETRIC_FACTOR
     gates = [
-        _gate("photometric_flux_ratio", photo["ratio"], [lo, hi], lo <= photo["ratio"] <= hi,
-              f"median {PHOTOMETRIC_STAT} injected/real (annulus 0.8-2.5\"), 95% CI {photo['ratio_ci']}"),
-        _gate("domain_auc", domain["auc"], DOMAIN_AUC_MAX, domain["auc"] <= DOMAIN_AUC_MAX,
-              "cross-validated AUC real vs injected on the realism statistics (0.5 = indistinguishable)"),
+        gate("photometric_flux_ratio", photo["ratio"], [lo, hi], "in",
+             what=f"median {PHOTOMETRIC_STAT} injected/real (annulus 0.8-2.5\"), 95% CI {photo['ratio_ci']}"),
+        gate("domain_auc", domain["auc"], DOMAIN_AUC_MAX, "<=",
+             what="cross-validated AUC real vs injected on the realism statistics (0.5 = indistinguishable)"),
     ]
     if cnn is not None:
-        gates.append(_gate("cnn_domain_auc", cnn["auc"], DOMAIN_AUC_MAX, cnn["auc"] <= DOMAIN_AUC_MAX,
-                           "the same classifier on the CNN's penultimate features"))
+        gates.append(gate("cnn_domain_auc", cnn["auc"], DOMAIN_AUC_MAX, "<=",
+                          what="the same classifier on the CNN's penultimate features"))
     slacs = _slacs_theta_e(shared)
     result = {
         "domain_auc": domain["auc"], "domain_auc_ci": domain["auc_ci"], "domain_classifier": domain,
@@ -330,14 +325,16 @@ def run_realism(stamps_uri: str, anchors_uri_or_none: str | None, out_dir: str, 
         "host_statistics": {k: compare_samples(_column(nonlens_stats, k), _column(ctl_stats, k))
                             for k in STAT_NAMES if k.startswith(("bg_", "lens_"))},
         "theta_e_vs_slacs": compare_samples(slacs, [r["theta_e_arcsec"] for r in inj_rows]),
-        "gates": gates, "all_pass": all(g["pass"] for g in gates),
+        "gates": gates, "all_pass": all(g["pass"] is True for g in gates),
         "inputs": {"stamps": stamps_uri, "anchors": anchors_uri_or_none or f"default from {shared}",
                    "checkpoint": checkpoint, "real_names": [r.get("name") for r in real_rows]},
         "definitions": "see dhs_gen.imaging.realism_stats (statistics) and jobs.evaluation.realism (gates)",
     }
     storage.write_json(storage.join(out_dir, "realism.json"), result)
     if report:
-        from jobs.evaluation.realism_report import write_report
+        from jobs.evaluation.realism_report import (
+            write_report,  # matplotlib loads only when a report is written
+        )
 
         write_report(out_dir, result, real_rows, real_stats, inj_rows, inj_stats, shared)
     return result
@@ -346,7 +343,8 @@ def run_realism(stamps_uri: str, anchors_uri_or_none: str | None, out_dir: str, 
 def headline(result: dict) -> str:
     """One line for logs: domain AUC with its CI and every gate's verdict."""
     lo, hi = result["domain_auc_ci"]
-    gates = ", ".join(f"{g['name']}={g['value']:.3g} {'PASS' if g['pass'] else 'FAIL'}" for g in result["gates"])
+    gates = ", ".join(f"{g['name']}={'n/a' if g['value'] is None else format(g['value'], '.3g')} {VERDICT[g['pass']]}"
+                      for g in result["gates"])
     return (f"realism: domain AUC {result['domain_auc']:.3f} [{lo:.3f}, {hi:.3f}] "
             f"({result['n_real']} real vs {result['n_injected']} injected); {gates}")
 

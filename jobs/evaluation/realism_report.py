@@ -16,13 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
 from dhs_gen.imaging.realism_stats import STAT_NAMES, azimuthal_median_residual, lens_shape
+from jobs.evaluation.gates import VERDICT
 from jobs.runtime import storage
 
 #: Display stretch shared by every panel: asinh(x / SOFT) / asinh(MAX / SOFT), nanomaggies per pixel.
 STRETCH_SOFT_NMGY = 0.01
 STRETCH_MAX_NMGY = 0.3
 N_THUMBS = 8
+VERDICT_COLOUR = {True: "green", False: "red", None: "gray"}
 
 
 def display_rgb(image: np.ndarray) -> np.ndarray:
@@ -71,7 +74,7 @@ def _gallery(path: Path, real_rows, real_stats, inj_rows, inj_stats, thumbs: lis
             (None, None, None)]):
             if img is None:
                 continue
-            q, phi = lens_shape(img, c, 0.262)
+            q, phi = lens_shape(img, c, PIXSCALE_DR10_ARCSEC)
             ax[k, i].imshow(display_rgb(img), origin="lower")
             ax[k, i].set_title(title, fontsize=7)
             ax[k + 1, i].imshow(display_rgb(azimuthal_median_residual(img, c, q, phi)), origin="lower")
@@ -133,8 +136,8 @@ def write_report(out_dir: str, result: dict, real_rows, real_stats, inj_rows, in
     _histograms(out / "realism_hist.png", real_stats, inj_stats)
     gate_rows = "".join(
         f"<tr><td>{_fmt(g['name'])}</td><td>{_fmt(g['value'])}</td><td>{_fmt(g['threshold'])}</td>"
-        f"<td style='color:{'green' if g['pass'] else 'red'}'><b>{'PASS' if g['pass'] else 'FAIL'}</b></td>"
-        f"<td>{_fmt(g['note'])}</td></tr>" for g in result["gates"])
+        f"<td style='color:{VERDICT_COLOUR[g['pass']]}'><b>{VERDICT[g['pass']]}</b></td>"
+        f"<td>{_fmt(g.get('what') or g['reason'])}</td></tr>" for g in result["gates"])
     stat_rows = "".join(
         f"<tr><td>{name}</td><td>{_fmt(c['all']['median_real'])}</td><td>{_fmt(c['all']['median_injected'])}</td>"
         f"<td>{_fmt(c['all']['median_diff_ci'])}</td><td>{_fmt(c['all']['ks_statistic'])}</td>"

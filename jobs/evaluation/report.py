@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from dhs_gen.json_values import json_safe
 from dhs_gen.metrics import roc_curve
+from jobs.evaluation.gates import VERDICT, CentralPixels, central_pixel_features, leakage_sample
 from jobs.runtime import storage
 from jobs.runtime.schema import decode_image
 
@@ -57,7 +59,6 @@ def collect_stamps(stamps_uri: str, df: pd.DataFrame, cfg, gallery_size: int = 1
     checkpoint : str, optional
         Model used to score the leakage sample with the outskirts / the core masked.
     """
-    from jobs.evaluation.gates import CentralPixels, central_pixel_features, leakage_sample
     from jobs.evaluation.score import _open_parquet, predict_proba
     from jobs.runtime.outputs import dataset_files
     from jobs.training.preprocess import normalize_stamps
@@ -228,18 +229,6 @@ def plot_gallery(items: list, stretch: float, title: str) -> bytes:
 # --------------------------------------------------------------------------- HTML
 
 
-def _json_ready(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def _fmt(v, ci=None) -> str:
     if v is None:
         return "n/a"
@@ -261,7 +250,7 @@ def _gate_rows(gates: list[dict]) -> str:
     out = []
     for g in gates:
         cls = {True: "pass", False: "fail", None: "na"}[g["pass"]]
-        word = {True: "PASS", False: "FAIL", None: "not computable"}[g["pass"]]
+        word = VERDICT[g["pass"]]
         out.append(f'<tr class="{cls}"><td>{html.escape(g["name"])}</td><td>{_fmt(g["value"])}</td>'
                    f'<td>{g["comparison"]} {g["threshold"]}</td><td>{word}</td>'
                    f'<td>{html.escape(g.get("reason") or "")}</td></tr>')
@@ -280,14 +269,12 @@ def render_html(metrics: dict, pngs: dict[str, bytes]) -> str:
     table.append("</table>")
     anchor = metrics["anchor_gate"]
     if anchor.get("available"):
-        gates = [{"name": f"anchor {k}", "value": None, "threshold": "", "comparison": "", "pass": v, "reason": ""}
-                 for k, v in anchor["gate_criteria"].items()]
         anchor_html = (f"<p>known lenses {anchor['n_known_lenses']}, recovered {anchor['n_recovered_at_0p5']}; "
                        f"hard negatives {anchor['n_hard_negatives']}, contaminated {anchor['n_contaminated_at_0p5']}; "
                        f"AUROC {_fmt(anchor['auroc_anchor'])}; overall "
                        f"<b>{'PASS' if anchor['passes_anchor_gate'] else 'FAIL'}</b></p>"
-                       f"<table><tr><th>criterion</th><th></th><th></th><th>verdict</th><th></th></tr>"
-                       f"{_gate_rows(gates)}</table>")
+                       f"<table><tr><th>criterion</th><th>value</th><th>limit</th><th>verdict</th><th>note</th></tr>"
+                       f"{_gate_rows(anchor['gates'])}</table>")
     else:
         anchor_html = f'<p class="na">not available: {html.escape(anchor.get("reason", ""))}</p>'
     figs = "".join(
@@ -329,7 +316,7 @@ def write_report(out_dir: str, metrics: dict, df: pd.DataFrame, gallery: dict | 
         for key, items in gallery.items():
             if items:
                 pngs[PLOT_FILES[key]] = plot_gallery(items, stretch, titles[key])
-    metrics = _json_ready({**metrics, "plots": sorted(pngs)})
+    metrics = json_safe({**metrics, "plots": sorted(pngs)})
     _write(f"{out_dir}/metrics.json", json.dumps(metrics, indent=2, sort_keys=True).encode())
     for name, data in pngs.items():
         _write(f"{out_dir}/{name}", data)

@@ -6,7 +6,9 @@ Output rows carry the id (``task_id`` or ``anchor_id``), ``score`` (sigmoid prob
 [0, 1]), ``score_status`` and every input column except the pixel columns (``image``,
 ``invvar``). Rows that cannot be scored (``cutout_ok = 0``, no image, image bytes that do not
 match ``image_shape``) are kept with a null score and their status, and counted: nothing is
-dropped. Preprocessing is ``jobs.training.preprocess.normalize_stamps``, the one shared with training.
+dropped. Stamps of the seed's Gen5 pipeline, which carry a ``stamp_npz`` blob instead of ``image``,
+are decoded with :func:`dhs_gen.validation.quality_checks.decode_stamp_npz` (g, r, z required:
+``missing_band`` otherwise). Preprocessing is ``jobs.training.preprocess.normalize_stamps``, the one shared with training.
 
 Leakage masks (Gen5-Prime gates) name the region that is *masked*, after normalisation, to
 0 (the normalised sky level): ``--mask core`` blanks pixels whose centre is within
@@ -28,7 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dhs_gen.augmentation.negatives import core_mask
 from dhs_gen.errors import InvalidValueError, check_choice, check_range
+from dhs_gen.validation.quality_checks import decode_stamp_npz
 from jobs.runtime import storage
 from jobs.runtime.schema import decode_image
 
@@ -39,34 +43,13 @@ DEFAULT_BATCH_SIZE = 256
 _MODEL_CACHE: dict = {}  # checkpoint URI -> (model, meta), one load per executor process
 
 
-def core_mask(height: int, width: int, radius_pix: float) -> np.ndarray:
-    """Boolean (H, W) mask of the pixels whose centre lies within ``radius_pix`` of the stamp centre.
-
-    The same disc as the training reader's core dropout (``dhs_gen.augmentation.negatives.core_mask``), so the
-    leakage gates blank exactly what core dropout blanked.
-
-    Parameters
-    ----------
-    height, width : int
-        Stamp size in pixels.
-    radius_pix : float
-        Radius in pixels, measured from the stamp centre ((N - 1) / 2, DESIGN grid convention).
-
-    Returns
-    -------
-    ndarray of bool, (H, W)
-    """
-    from dhs_gen.augmentation.negatives import core_mask as disc
-
-    radius_pix = check_range("radius_pix", radius_pix, 0.0, np.inf, lo_open=True)  # a 0-pixel mask masks nothing
-    return disc(int(height), int(width), radius_pix)
-
-
 def apply_mask(x: np.ndarray, mask: str | None, radius_pix: float) -> np.ndarray:
     """Blank (set to 0) the ``core`` or the ``outer`` region of normalised stamps (N, B, H, W), in place."""
     if mask is None:
         return x
     check_choice("mask", mask, MASKS)
+    radius_pix = check_range("radius_pix", radius_pix, 0.0, np.inf, lo_open=True)  # a 0-pixel mask masks nothing
+    # The disc core dropout blanks in training, so the leakage gates blank exactly what it blanked.
     inside = core_mask(x.shape[-2], x.shape[-1], radius_pix)
     x[..., inside if mask == "core" else ~inside] = 0.0
     return x
@@ -86,12 +69,20 @@ def _status_and_images(table: pa.Table) -> tuple[list[str], dict[tuple, list[int
     n = table.num_rows
     images = table.column("image").to_pylist() if "image" in table.column_names else [None] * n
     shapes = table.column("image_shape").to_pylist() if "image_shape" in table.column_names else [None] * n
+    legacy = table.column("stamp_npz").to_pylist() if "stamp_npz" in table.column_names else [None] * n
     ok_col = table.column("cutout_ok").to_pylist() if "cutout_ok" in table.column_names else [1] * n
     status, decoded, by_shape = [], [], {}
     for i in range(n):
         arr = None
         if ok_col[i] is not None and int(ok_col[i]) == 0:
             status.append("cutout_not_ok")
+        elif images[i] is None and legacy[i] is not None:
+            try:
+                arr, bands = decode_stamp_npz(legacy[i])
+                status.append(("ok" if np.all(np.isfinite(arr)) else "nonfinite_pixels") if bands == "grz"
+                              else "missing_band")
+            except ValueError:
+                status.append("bad_image")
         elif images[i] is None or shapes[i] is None or len(shapes[i]) != 3:
             status.append("no_image")
         else:

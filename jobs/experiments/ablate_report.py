@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from dhs_gen.errors import ConfigError
+from dhs_gen.json_values import finite_float
 from dhs_gen.metrics import paired_bootstrap_delta, roc_auc, tpr_at_fpr, tpr_at_n_false_positives
 from dhs_gen.utils import hash_uint64
 
@@ -62,14 +63,6 @@ ANCHOR_METRICS = {
 }
 
 
-def _num(v):
-    """JSON-safe float (NaN/inf -> None)."""
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
 def read_scores(uri: Path, anchors: bool = False) -> pd.DataFrame:
     """``id``, ``score``, ``label`` of the evaluable rows of a score dataset (test split; scored rows)."""
     from jobs.evaluation.evaluate import read_dataset, select_rows
@@ -97,9 +90,9 @@ def delta_block(metric_fns: dict, a: pd.DataFrame, b: pd.DataFrame, n_boot: int,
             out[name] = {"baseline": None, "variant": None, "delta": None, "ci95": None, "n_rows": int(len(y))}
             continue
         d = paired_bootstrap_delta(fn, sa, sb, y, n_boot=n_boot, seed=hash_uint64(f"{seed_key}|{name}", "ablate"))
-        out[name] = {"baseline": _num(d.metric_a), "variant": _num(d.metric_b), "delta": _num(d.delta),
-                     "ci95": [_num(d.lo), _num(d.hi)] if _num(d.lo) is not None else None,
-                     "frac_delta_le_0": _num(d.frac_delta_le_0), "n_valid": d.n_valid, "n_rows": int(len(y))}
+        out[name] = {"baseline": finite_float(d.metric_a), "variant": finite_float(d.metric_b), "delta": finite_float(d.delta),
+                     "ci95": [finite_float(d.lo), finite_float(d.hi)] if finite_float(d.lo) is not None else None,
+                     "frac_delta_le_0": finite_float(d.frac_delta_le_0), "n_valid": d.n_valid, "n_rows": int(len(y))}
     return out
 
 
@@ -143,8 +136,8 @@ def build_comparison(suite, root: Path, has_anchors: bool, n_boot: int, notes: d
     anchor_scores = {m: read_scores(root / m / "anchor_scores", anchors=True) for m in names} if has_anchors else {}
     metrics = {v: summarize_metrics(json.loads((root / v / "eval" / "metrics.json").read_text())) for v in names}
     columns = names + ([ANCHORS] if has_anchors else [])
-    auc = [[_num(roc_auc(scores[(m, t)]["score"], scores[(m, t)]["label"])) for t in names]
-           + ([_num(roc_auc(anchor_scores[m]["score"], anchor_scores[m]["label"]))] if has_anchors else [])
+    auc = [[finite_float(roc_auc(scores[(m, t)]["score"], scores[(m, t)]["label"])) for t in names]
+           + ([finite_float(roc_auc(anchor_scores[m]["score"], anchor_scores[m]["label"]))] if has_anchors else [])
            for m in names]
     deltas = {}
     for v in names:
@@ -169,9 +162,9 @@ def build_comparison(suite, root: Path, has_anchors: bool, n_boot: int, notes: d
 def component_metric(comparison: dict, variant: str, metric: str) -> float | None:
     """``anchor_auroc`` (real anchors), ``auc`` (own test set) or ``mean_auc`` (mean over all test sets)."""
     if metric == "anchor_auroc":
-        return _num((comparison["metrics"][variant].get("anchor") or {}).get("auroc_anchor"))
+        return finite_float((comparison["metrics"][variant].get("anchor") or {}).get("auroc_anchor"))
     if metric == "auc":
-        return _num(comparison["metrics"][variant].get("auc"))
+        return finite_float(comparison["metrics"][variant].get("auc"))
     if metric == "mean_auc":
         mx = comparison["matrix"]
         row = mx["auc"][mx["models"].index(variant)]

@@ -11,9 +11,7 @@ value and what is allowed, so a bad config fails on the driver before any execut
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,9 @@ import yaml
 
 from dhs_gen.augmentation.mixer import ARTIFACT_PROFILE_NAMES
 from dhs_gen.augmentation.mixer import SOURCE_MODES as _MIXER_SOURCE_MODES
-from dhs_gen.errors import ConfigError
+from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
+from dhs_gen.errors import ConfigError, check_config_range
+from jobs.runtime import storage
 
 #: The repository checkout (or unpacked bundle) this code runs from: configs/ and git live here.
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -41,21 +41,10 @@ PSF_MODELS = ("moffat", "gaussian")
 SPLITS = ("train", "val", "test")
 
 
-def _range(name: str, value, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(name, value, "must be a number") from None
-    bad = not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi)
-    if bad:
-        raise ConfigError(name, value, f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
-    return v
-
-
 def _interval(name: str, value, lo, hi) -> tuple[float, float]:
     if not isinstance(value, list | tuple) or len(value) != 2:
         raise ConfigError(name, value, "must be a [low, high] pair")
-    a, b = _range(f"{name}[0]", value[0], lo, hi), _range(f"{name}[1]", value[1], lo, hi)
+    a, b = check_config_range(f"{name}[0]", value[0], lo, hi), check_config_range(f"{name}[1]", value[1], lo, hi)
     if a > b:
         raise ConfigError(name, value, "low must be <= high")
     return (a, b)
@@ -99,7 +88,7 @@ class SourceConfig:
         for name, lo, hi in [("mag_r", 15, 30), ("color_gr", -1, 3), ("color_rz", -1, 3), ("r_eff_arcsec", 0.01, 5),
                              ("n_sersic", 0.3, 8), ("q", 0.05, 1), ("beta_frac", 0, 3)]:
             object.__setattr__(self, name, _interval(f"source.{name}", getattr(self, name), lo, hi))
-        _range("source.hybrid_gradient", self.hybrid_gradient, 0, 1)
+        check_config_range("source.hybrid_gradient", self.hybrid_gradient, 0, 1)
         n = self.hybrid_n_clumps
         object.__setattr__(self, "hybrid_n_clumps", tuple(int(v) for v in _interval("source.hybrid_n_clumps", n, 0, 50)))
         used = set(self.mix_modes) if self.mode == "mix" else {self.mode}
@@ -121,9 +110,9 @@ class LensConfig:
         if not isinstance(self.theta_e_arcsec, list | tuple) or not self.theta_e_arcsec:
             raise ConfigError("lens.theta_e_arcsec", self.theta_e_arcsec, "a non-empty list of Einstein radii in arcsec")
         object.__setattr__(self, "theta_e_arcsec",
-                           tuple(_range("lens.theta_e_arcsec[]", v, 0, 10, lo_open=True) for v in self.theta_e_arcsec))
+                           tuple(check_config_range("lens.theta_e_arcsec[]", v, 0, 10, lo_open=True) for v in self.theta_e_arcsec))
         object.__setattr__(self, "q", _interval("lens.q", self.q, 0.05, 1))
-        _range("lens.shear_sigma", self.shear_sigma, 0, 0.3)
+        check_config_range("lens.shear_sigma", self.shear_sigma, 0, 0.3)
 
 
 @dataclass(frozen=True)
@@ -136,7 +125,7 @@ class ExperimentConfig:
     seed: int = 0
     n_replicates: int = 1
     stamp_size_pix: int = 64
-    pixscale_arcsec: float = 0.262
+    pixscale_arcsec: float = PIXSCALE_DR10_ARCSEC
     bands: str = "grz"
     supersample: int = 4
     engine: str = "numpy"
@@ -158,10 +147,10 @@ class ExperimentConfig:
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError("name", self.name, "a non-empty string")
-        _range("n_replicates", self.n_replicates, 1, 1000)
+        check_config_range("n_replicates", self.n_replicates, 1, 1000)
         if int(self.stamp_size_pix) != self.stamp_size_pix or not 8 <= self.stamp_size_pix <= 512:
             raise ConfigError("stamp_size_pix", self.stamp_size_pix, "an integer in [8, 512]")
-        _range("pixscale_arcsec", self.pixscale_arcsec, 0, 10, lo_open=True)
+        check_config_range("pixscale_arcsec", self.pixscale_arcsec, 0, 10, lo_open=True)
         if self.bands != "grz":
             raise ConfigError("bands", self.bands, "only 'grz' (DR10) is supported")
         if int(self.supersample) != self.supersample or not 1 <= self.supersample <= 16:
@@ -171,10 +160,10 @@ class ExperimentConfig:
         if self.psf_model == "moffat":
             if self.moffat_beta is None:
                 raise ConfigError("moffat_beta", None, "required when psf_model is 'moffat' (DR10: ~3.5)")
-            _range("moffat_beta", self.moffat_beta, 1, 100, lo_open=True)
+            check_config_range("moffat_beta", self.moffat_beta, 1, 100, lo_open=True)
         if int(self.psf_max_size_pix) != self.psf_max_size_pix or self.psf_max_size_pix % 2 == 0 or self.psf_max_size_pix < 3:
             raise ConfigError("psf_max_size_pix", self.psf_max_size_pix, "an odd integer >= 3")
-        gains = tuple(_range("arc_gain_e_per_nmgy[]", g, 0, 1e9, lo_open=True) for g in self.arc_gain_e_per_nmgy)
+        gains = tuple(check_config_range("arc_gain_e_per_nmgy[]", g, 0, 1e9, lo_open=True) for g in self.arc_gain_e_per_nmgy)
         if len(gains) != 3:
             raise ConfigError("arc_gain_e_per_nmgy", self.arc_gain_e_per_nmgy, "three values, for g, r, z")
         object.__setattr__(self, "arc_gain_e_per_nmgy", gains)
@@ -190,16 +179,15 @@ class ExperimentConfig:
         if not isinstance(self.train, dict):
             raise ConfigError("train", self.train, "a mapping of training options")
         if self.max_hosts is not None:
-            _range("max_hosts", self.max_hosts, 1, 1e12)
+            check_config_range("max_hosts", self.max_hosts, 1, 1e12)
 
     def to_dict(self) -> dict:
         """Plain, JSON-serialisable dict (tuples as lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def config_hash(self) -> str:
-        """First 16 hex of sha256 over the canonical JSON of the config."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        """:func:`jobs.runtime.storage.config_hash` of :meth:`to_dict` (the hash every manifest records)."""
+        return storage.config_hash(self.to_dict())
 
 
 def _build(cls, data: dict, prefix: str):

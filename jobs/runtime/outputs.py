@@ -16,9 +16,7 @@ the staging prefix. Downstream stages open an input only through :func:`require_
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib.metadata
-import json
 import os
 import platform
 import socket
@@ -28,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import dhs_gen
-from dhs_gen.errors import InvalidValueError, check_range
+from dhs_gen.errors import DhsError, InvalidValueError, check_range
 from jobs.runtime import storage
 from jobs.runtime.config import REPO_ROOT
 
@@ -40,26 +38,26 @@ MANIFEST_FORMAT = "dhs-manifest/1"
 RECORDED_PACKAGES = ("numpy", "scipy", "astropy", "pyarrow", "pyspark", "pandas", "lenstronomy", "torch", "boto3")
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(DhsError, FileExistsError):
     """A stage output already holds a committed dataset (or part files) and ``overwrite`` was not given."""
 
     def __init__(self, path: str, found: str):
         self.path, self.found = path, found
         super().__init__(f"output {path!r} already holds {found}; pass --overwrite to replace it "
-                         "(or choose another output path)")
+                         "(or choose another output path)", value=path)
 
     def __reduce__(self):
         return type(self), (self.path, self.found)
 
 
-class MissingInputError(FileNotFoundError):
+class MissingInputError(DhsError, FileNotFoundError):
     """A stage input without ``_manifest.json``: absent, or its producing stage did not finish."""
 
     def __init__(self, path: str, stage: str | None = None, detail: str = ""):
         self.path, self.stage, self.detail = path, stage, detail
         producer = f"stage {stage!r}" if stage else "its producing stage"
         super().__init__(f"input {path!r} has no {MANIFEST_NAME}: it is not a complete output. "
-                         f"Run {producer} to produce it (or wait until it finishes){detail}")
+                         f"Run {producer} to produce it (or wait until it finishes){detail}", value=path)
 
     def __reduce__(self):
         return type(self), (self.path, self.stage, self.detail)
@@ -284,8 +282,16 @@ def require_input(uri: str, stage: str | None = None) -> dict:
     return manifest
 
 
-def dataset_files(uri: str) -> list[str]:
-    """URIs of the committed part files of a dataset, as listed in its ``_manifest.json`` (``files``)."""
+def dataset_files(uri) -> list[str]:
+    """URIs of the committed part files of a dataset, as listed in its ``_manifest.json`` (``files``).
+
+    ``uri`` is a stage output directory, its ``_manifest.json``, a single ``.parquet`` file (taken
+    as is) or a list/tuple of any of these, whose files are concatenated in order.
+    """
+    if isinstance(uri, list | tuple):
+        return [f for u in uri for f in dataset_files(u)]
+    if str(uri).endswith(".parquet"):
+        return [str(uri)]
     base = str(uri).rstrip("/")
     if base.endswith(MANIFEST_NAME):
         base = base[: -len(MANIFEST_NAME)].rstrip("/")
@@ -317,12 +323,6 @@ def package_versions(names=RECORDED_PACKAGES) -> dict:
         except importlib.metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def config_hash(config: dict) -> str:
-    """First 16 hex digits of sha256 over the canonical JSON (sorted keys, no spaces) of ``config``."""
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=storage.json_default)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _utc_now() -> str:
@@ -376,7 +376,7 @@ def build_manifest(stage: str, config: dict, inputs: dict, rows_in, rows_written
         "pipeline_version": dhs_gen.PIPELINE_VERSION,
         "git_sha": git_sha(),
         "config": config,
-        "config_hash": config_hash(config),
+        "config_hash": storage.config_hash(config),
         "inputs": dict(inputs),
         "rows_in": rows_in,
         "rows_written": rows_written,

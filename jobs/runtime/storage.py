@@ -36,8 +36,9 @@ from dhs_gen.errors import InvalidValueError
 DEFAULT_BATCH_ROWS = 1024
 #: Parquet compression everywhere (DESIGN.md: "Parquet everywhere (zstd)").
 PARQUET_COMPRESSION = "zstd"
-#: Float pixel columns of stamp tables: never dictionary-encoded (costs read time, saves nothing).
-PIXEL_COLUMNS = ("image", "invvar")
+#: Pixel columns of stamp tables (``stamp_npz``: the seed's Gen5 stamps): never dictionary-encoded
+#: (costs read time, saves nothing), and not copied into score tables.
+PIXEL_COLUMNS = ("image", "invvar", "stamp_npz")
 #: Codec of the ``image`` column, the one the training reader decodes every epoch: none (every
 #: other column: zstd). Real DR10 pixels do not compress with a fast codec (measured on the shared
 #: DR10 cutouts: zstd level -1 1.00x, lz4 1.00x, zstd level 1 1.07x), and decompressing is one
@@ -268,6 +269,16 @@ def json_default(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def config_hash(config: dict) -> str:
+    """First 16 hex digits of sha256 over the canonical JSON (sorted keys, no spaces) of ``config``.
+
+    Here rather than in :mod:`jobs.runtime.outputs` because :mod:`jobs.runtime.config` needs it
+    and ``outputs`` imports ``config``.
+    """
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=json_default)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def read_json(uri):

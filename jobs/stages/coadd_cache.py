@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from dhs_gen.errors import InvalidValueError, check_range
+from dhs_gen.errors import DhsError, InvalidValueError, check_range
 from jobs.cutouts.coadds import FILE_KINDS, coadd_file
 from jobs.runtime import outputs, storage
 
@@ -45,12 +45,12 @@ REPORT_NAME = "_cache_report.json"
 PERMANENT_HTTP = (400, 401, 403, 404, 410)   # retrying cannot help
 
 
-class FetchError(Exception):
+class FetchError(DhsError):
     """A coadd file could not be fetched; ``transient`` says whether a retry may help."""
 
     def __init__(self, source: str, reason: str, transient: bool):
         self.source, self.reason, self.transient = source, reason, transient
-        super().__init__(f"{source}: {reason}")
+        super().__init__(f"{source}: {reason}", value=source)
 
     def __reduce__(self):
         return type(self), (self.source, self.reason, self.transient)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dhs_gen.errors import ConfigError, InvalidValueError
+from dhs_gen.errors import ConfigError, InvalidValueError, check_config_range
+from jobs.runtime.outputs import git_sha
 from jobs.runtime.storage import is_s3, resolve
 
 ARCHS = ("resnet_small", "resnet18ish")
@@ -79,16 +79,10 @@ class ModelConfig:
             object.__setattr__(self, "width", default_width)
         if self.depth is None:
             object.__setattr__(self, "depth", default_depth)
-        _check_int("model.in_channels", self.in_channels, 1, 64)
-        _check_int("model.width", self.width, 1, 1024)
-        _check_int("model.depth", self.depth, 1, 16)
-        try:
-            p = float(self.dropout)
-        except (TypeError, ValueError):
-            raise ConfigError("model.dropout", self.dropout, "must be a number in [0, 1)") from None
-        if not (math.isfinite(p) and 0.0 <= p < 1.0):
-            raise ConfigError("model.dropout", self.dropout, "must be in [0, 1)")
-        object.__setattr__(self, "dropout", p)
+        check_config_range("model.in_channels", self.in_channels, 1, 64, integer=True)
+        check_config_range("model.width", self.width, 1, 1024, integer=True)
+        check_config_range("model.depth", self.depth, 1, 16, integer=True)
+        object.__setattr__(self, "dropout", check_config_range("model.dropout", self.dropout, 0, 1, hi_open=True))
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ModelConfig:
@@ -103,11 +97,6 @@ class ModelConfig:
     def to_dict(self) -> dict:
         """Plain dict of the resolved fields (JSON- and checkpoint-safe)."""
         return dataclasses.asdict(self)
-
-
-def _check_int(field: str, value, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not lo <= int(value) <= hi:
-        raise ConfigError(field, value, f"must be an integer in [{lo}, {hi}]")
 
 
 class BasicBlock(nn.Module):
@@ -192,15 +181,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _git_sha() -> str | None:
-    from jobs.runtime.outputs import git_sha
-
-    try:
-        return git_sha()
-    except Exception:  # noqa: BLE001 - provenance is best effort, never fatal to a training run
-        return None
-
-
 def _plain(value, where: str):
     """Return ``value`` as checkpoint-safe plain data (numpy scalars -> Python), else raise."""
     if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
@@ -254,7 +234,7 @@ def save_checkpoint(path_or_uri: str, model: nn.Module, cfg: ModelConfig, train_
         "model_config": cfg.to_dict(),
         "train_config": _plain(dict(train_config or {}), "train_config"),
         "state_dict": model.state_dict(),
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(),
         "torch_version": str(torch.__version__),
     }
     for key, value in (extra or {}).items():

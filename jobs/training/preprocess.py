@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dhs_gen.errors import InvalidValueError, check_range
+from dhs_gen.imaging.measure import MAD_TO_SIGMA, border_index
 
 # Width (pixels) of the stamp border whose pixels set the background level and noise scale:
 # 4 px (1.05") is 960 of 4096 pixels at 64x64, clear of arcs (theta_E <= 3" = 11.5 px from the
@@ -23,18 +24,14 @@ from dhs_gen.errors import InvalidValueError, check_range
 NORM_BORDER_PIX = 4
 # Every other frame pixel: 480 samples per band at 64x64 (MAD to ~5%).
 NORM_SAMPLE_STRIDE = 2
-MAD_TO_SIGMA = 1.4826  # sigma / MAD of a Gaussian
 
 
 @lru_cache(maxsize=32)
 def border_sample_index(h: int, w: int, border_pix: int) -> np.ndarray:
-    """Flat pixel indices (into ``H*W``) of the border sample: the outer frame of ``border_pix``
-    pixels (top rows, bottom rows, then the left and right columns between them), every
-    ``NORM_SAMPLE_STRIDE``-th pixel of it. Read-only."""
-    grid = np.arange(h * w).reshape(h, w)
-    parts = [grid[:border_pix, :], grid[h - border_pix:, :],
-             grid[border_pix:h - border_pix, :border_pix], grid[border_pix:h - border_pix, w - border_pix:]]
-    idx = np.concatenate([p.ravel() for p in parts])[::NORM_SAMPLE_STRIDE]
+    """Flat pixel indices (into ``H*W``) of the border sample: every ``NORM_SAMPLE_STRIDE``-th pixel
+    of the outer frame of ``border_pix`` pixels, in :func:`dhs_gen.imaging.measure.border_index`
+    order. Read-only."""
+    idx = border_index(h, w, border_pix)[::NORM_SAMPLE_STRIDE].copy()
     idx.setflags(write=False)
     return idx
 

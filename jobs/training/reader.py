@@ -29,11 +29,9 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dhs_gen.augmentation.negatives import (
-    core_mask,  # one disc for hard negatives, core dropout and leakage gates
-)
+from dhs_gen.augmentation.negatives import core_mask
 from dhs_gen.errors import InvalidValueError, check_range
-from jobs.runtime import outputs
+from jobs.runtime.outputs import dataset_files
 from jobs.runtime.schema import decode_image
 from jobs.runtime.storage import open_for_read
 from jobs.training.preprocess import apply_stats_, augment_dihedral, border_stats
@@ -45,16 +43,6 @@ _BASE_COLUMNS = ("image", "image_shape", "label", "split", "cutout_ok")
 # Stamps copied out of the shuffle buffer and normalised at a time: ~0.8 MB at 3x64x64, so the
 # normalisation passes run in cache.
 _GATHER_CHUNK = 32
-
-
-def dataset_files(uri_or_uris) -> list[str]:
-    """Part-file URIs of a stage output (its ``_manifest.json`` ``files``), a file, or a list of either."""
-    if isinstance(uri_or_uris, list | tuple):
-        return [f for u in uri_or_uris for f in dataset_files(u)]
-    uri = str(uri_or_uris)
-    if uri.endswith(".parquet"):
-        return [uri]
-    return list(outputs.dataset_files(uri))
 
 
 def _may_hold_split(row_group: pq.RowGroupMetaData, split: str | None) -> bool:

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dhs_gen.errors import ConfigError
+from dhs_gen.errors import ConfigError, check_config_range
+from dhs_gen.json_values import json_safe
 from dhs_gen.metrics import roc_auc
 from jobs.runtime.storage import is_s3, resolve
 from jobs.training.model import ModelConfig, build_model, load_checkpoint, save_checkpoint
@@ -44,15 +45,10 @@ STOP_METRICS = ("val_auc", "val_loss")
 
 
 def _num(field_name: str, value, lo=-math.inf, hi=math.inf, lo_open=False, integer=False):
-    if isinstance(value, bool) or (integer and not isinstance(value, int | np.integer)):
-        raise ConfigError(field_name, value, "must be an integer" if integer else "must be a number")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(field_name, value, "must be a number") from None
-    if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
-        raise ConfigError(field_name, value, f"must be in {'(' if lo_open else '['}{lo}, {hi}]")
-    return int(value) if integer else v
+    # YAML true/false is never a rate or a count, though float(True) would pass the range test.
+    if isinstance(value, bool):
+        raise ConfigError(field_name, value, "must be a number")
+    return check_config_range(field_name, value, lo, hi, lo_open, integer=integer)
 
 
 @dataclass(frozen=True)
@@ -203,17 +199,6 @@ def _improved(metric: str, value: float, best: float | None) -> bool:
     return best is None or (value > best if metric == "val_auc" else value < best)
 
 
-def _json_safe(obj):
-    """NaN/inf -> None (strict JSON), recursively."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 class _Outputs:
     """Files of the run, written in a local folder and uploaded when ``out_dir`` is s3://."""
 
@@ -231,7 +216,7 @@ class _Outputs:
 
     def write_json(self, name: str, obj) -> None:
         with open(self.path(name) + ".tmp", "w") as f:
-            json.dump(_json_safe(obj), f, indent=2, allow_nan=False)
+            json.dump(json_safe(obj), f, indent=2, allow_nan=False)
         os.replace(self.path(name) + ".tmp", self.path(name))
         self.publish(name)
 

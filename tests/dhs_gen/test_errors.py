@@ -8,7 +8,19 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pytest
 
-from dhs_gen.errors import ChoiceError, ConfigError, InvalidValueError, RangeError, check_choice, check_range
+from dhs_gen.errors import (
+    ChoiceError,
+    ConfigError,
+    DhsError,
+    InvalidValueError,
+    RangeError,
+    check_choice,
+    check_config_range,
+    check_range,
+)
+from jobs.cutouts.cutout import CutoutUnavailable
+from jobs.runtime.outputs import MissingInputError, OutputExistsError
+from jobs.stages.coadd_cache import FetchError
 
 EXAMPLES = [
     RangeError("theta_e_arcsec", 9.5, 0.5, 3.0),
@@ -17,6 +29,45 @@ EXAMPLES = [
     InvalidValueError("psf", "even kernel", "PSF kernel size must be odd"),
     ConfigError("source.mode", "galsim", "must be one of ['sersic', 'hybrid']"),
 ]
+
+
+# One instance of every error kind the project defines, each with the builtin base it keeps.
+ALL_KINDS = [
+    (RangeError("n", 2.5, 1, 10, integer=True), ValueError),
+    (ChoiceError("band", "i", "grz"), ValueError),
+    (InvalidValueError("psf", "even kernel", "PSF kernel size must be odd"), ValueError),
+    (ConfigError("source.mode", "galsim", "must be one of ['sersic']"), ValueError),
+    (OutputExistsError("s3://b/out", "a committed dataset"), FileExistsError),
+    (MissingInputError("s3://b/in", "4a_manifest", "; see the log"), FileNotFoundError),
+    (CutoutUnavailable("missing_band", "bands 'gr'"), Exception),
+    (FetchError("https://host/x.fits.fz", "HTTP 503", True), Exception),
+    (DhsError("plain message"), Exception),
+]
+ATTRS = ("name", "field", "value", "allowed", "lo", "hi", "lo_open", "hi_open", "integer", "choices",
+         "path", "found", "stage", "detail", "reason", "source", "transient")
+
+
+@pytest.mark.parametrize("err, builtin", ALL_KINDS, ids=[type(e).__name__ for e, _ in ALL_KINDS])
+def test_every_error_kind_is_a_picklable_dhs_error(err, builtin):
+    assert isinstance(err, DhsError) and isinstance(err, builtin)
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is type(err) and str(back) == str(err) and back.args == err.args
+    for attr in ATTRS:
+        if hasattr(err, attr):
+            assert getattr(back, attr) == getattr(err, attr), attr
+    for attr in ("field", "value", "allowed"):                 # None where it does not apply
+        assert hasattr(back, attr)
+
+
+def test_dhs_error_attributes():
+    err = ConfigError("model.width", 0, "must be an integer in [1, 1024]")
+    assert (err.field, err.value, err.allowed) == ("model.width", 0, "must be an integer in [1, 1024]")
+    err = RangeError("q", 0.0, 0.0, 1.0, lo_open=True)
+    assert (err.field, err.value, err.allowed) == ("q", 0.0, "in (0.0, 1.0]")
+    assert ChoiceError("band", "i", "grz").allowed == ("g", "r", "z")
+    assert OutputExistsError("out", "1 part file").value == "out"
+    err = CutoutUnavailable("nonfinite_pixels")
+    assert (err.field, err.value, err.allowed) == (None, None, None)
 
 
 @pytest.mark.parametrize("err", EXAMPLES, ids=lambda e: type(e).__name__)
@@ -61,6 +112,23 @@ def test_check_range():
             check_range("x", value, 0, 3, **kwargs)
         assert info.value.name == "x" and info.value.lo == 0 and info.value.hi == 3
         assert "x=" in str(info.value)
+
+
+def test_check_range_integer():
+    assert check_range("n", 3, 0, 5, integer=True) == 3 and type(check_range("n", np.int64(3), 0, 5, integer=True)) is int
+    for value in (2.0, True, "3", 6, -1):
+        with pytest.raises(RangeError) as info:
+            check_range("n", value, 0, 5, integer=True)
+        assert str(info.value) == f"n={value!r} not an integer in [0, 5]"
+
+
+def test_check_config_range_raises_config_error_naming_the_field():
+    assert check_config_range("lens.shear_sigma", 0.1, 0, 0.3) == 0.1
+    with pytest.raises(ConfigError) as info:
+        check_config_range("moffat_beta", 0.5, 1, 100, lo_open=True)
+    assert info.value.field == "moffat_beta" and str(info.value) == "config field 'moffat_beta' = 0.5: must be in (1, 100]"
+    with pytest.raises(ConfigError, match=r"must be an integer in \[1, 16\]"):
+        check_config_range("model.depth", 2.5, 1, 16, integer=True)
 
 
 def test_check_choice():

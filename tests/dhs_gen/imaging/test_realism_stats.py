@@ -188,7 +188,7 @@ def test_bad_inputs_raise_picklable_errors_with_the_value():
     with pytest.raises(InvalidValueError):
         stamp_statistics(np.zeros((3, 64, 64)), np.ones((3, 32, 32)))
     with pytest.raises(RangeError) as e2:
-        stamp_statistics(np.zeros((3, 64, 64)), pixscale=0.0)
+        stamp_statistics(np.zeros((3, 64, 64)), pixscale_arcsec=0.0)
     with pytest.raises(RangeError):
         center_crop(np.zeros((3, 50, 50)), 64)
     for err in (e1.value, e2.value):

@@ -67,17 +67,17 @@ def _arc(theta_e, angle, flux_g, rng, n=64, pix=0.262):
 @pytest.fixture(scope="module")
 def des_stamps(shared_data, tmp_path_factory):
     """Real DES LRG hosts as controls, + analytic arcs as injections (g flux 0.3-1 nmgy, like real DR10 arcs)."""
-    hosts = realism.load_des_hosts(shared_data)
+    hosts = realism.load_des_hosts(shared_data, 64)
     assert len(hosts) == 46
     rng = np.random.default_rng(0)
     rows = []
     for i, h in enumerate(hosts[:N_INJ]):
-        img = h["image"][:, 13:77, 13:77]  # 91 -> 64, the host on pixel 45 -> 32
+        img = h["image"]  # 64 x 64 at 0.262"/pix, the host on the centre
         sigma = 1.4826 * np.median(np.abs(img - np.median(img, axis=(1, 2), keepdims=True)), axis=(1, 2))
         iv = np.broadcast_to((1 / sigma ** 2)[:, None, None], img.shape)
         arc = _arc(rng.uniform(1.0, 2.0), rng.uniform(0, 2 * math.pi), rng.uniform(0.3, 1.0), rng)
         base = {"pair_id": f"p{i}", "cutout_ok": 1, "invvar": encode_image(iv), "image_shape": [3, 64, 64],
-                "pixscale_arcsec": 0.263, "theta_e_arcsec": 1.5, "source_mode": ["sersic", "hybrid"][i % 2],
+                "pixscale_arcsec": 0.262, "theta_e_arcsec": 1.5, "source_mode": ["sersic", "hybrid"][i % 2],
                 "artifact_profile": "none", "arc_snr": 0.0, "arc_flux_r_nmgy": 0.0, "psf_fwhm_r_arcsec": 1.2}
         rows.append({**base, "task_id": f"p{i}/control", "kind": "control", "label": 0, "image": encode_image(img)})
         rows.append({**base, "task_id": f"p{i}/inj", "kind": "injection", "label": 1,

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dhs_gen.physics.psf import gaussian_kernel
+from dhs_gen.validation.quality_checks import encode_stamp_npz
 from jobs.evaluation.score import score_table, scored_schema
 from jobs.runtime.schema import STAMP_SCHEMA, encode_image
 from jobs.training.model import ModelConfig, build_model, save_checkpoint
@@ -81,6 +82,20 @@ def test_unscorable_rows_are_kept_with_null_score_and_status():
     assert out.num_rows == 4
     assert out["score_status"].to_pylist() == ["cutout_not_ok", "bad_image", "no_image", "ok"]
     assert out["score"].null_count == 3 and out["score"][3].as_py() is not None
+
+
+def test_seed_gen5_stamp_npz_rows_score_like_the_same_pixels():
+    """Stamps of the seed's Gen5 pipeline carry ``stamp_npz`` blobs: scored as the same pixels in ``image``."""
+    model = _tiny_model()
+    imgs = _stamps(3, seed=4)
+    blobs = [encode_stamp_npz(imgs[0], "grz"), encode_stamp_npz(imgs[1], "grz", gzip_wrap=True),
+             encode_stamp_npz(imgs[2][:2], "gr"), b"not an npz"]
+    legacy = pa.table({"task_id": ["a", "b", "c", "d"], "label": [1, 0, 1, 0], "stamp_npz": blobs})
+    out = score_table(legacy, model)
+    assert out["score_status"].to_pylist() == ["ok", "ok", "missing_band", "bad_image"]
+    assert "stamp_npz" not in out.column_names
+    np.testing.assert_allclose(out["score"].to_numpy(zero_copy_only=False)[:2], direct_scores(model, imgs[:2]),
+                               rtol=0, atol=1e-6)
 
 
 def test_masks_blank_the_core_or_the_outskirts_after_normalisation():

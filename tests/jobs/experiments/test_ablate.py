@@ -241,8 +241,8 @@ def test_variant_state_skips_matching_and_redoes_changed(tmp_path):
 
 def test_comparison_from_score_datasets(tmp_path):
     """build_comparison on hand-made score datasets: matrix = sklearn AUCs, deltas, strict JSON, HTML plots."""
+    from dhs_gen.json_values import json_safe
     from jobs.evaluation.evaluate import EvalConfig, compute_metrics
-    from jobs.evaluation.report import _json_ready
 
     class S:  # the suite fields build_comparison reads
         name, description, baseline, seed = "t", "d", "a", 0
@@ -259,7 +259,7 @@ def test_comparison_from_score_datasets(tmp_path):
         own = pd.read_parquet(outputs.dataset_files(str(tmp_path / m / "scores" / m))[0])
         (tmp_path / m / "eval").mkdir()
         metrics = compute_metrics(own, EvalConfig(n_boot=20), anchor_scores=anc)
-        (tmp_path / m / "eval" / "metrics.json").write_text(json.dumps(_json_ready(metrics)))
+        (tmp_path / m / "eval" / "metrics.json").write_text(json.dumps(json_safe(metrics)))
     c = build_comparison(S, tmp_path, True, 50, {}, {})
     assert c["matrix"]["test_sets"] == ["a", "b", "anchors"] and list(c["deltas"]) == ["b"]
     for i, m in enumerate("ab"):

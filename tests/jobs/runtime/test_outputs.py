@@ -142,6 +142,16 @@ def test_require_input_checks_the_producing_stage(tmp_path):
     outputs.commit(out, "r", [], _manifest(0))
     assert outputs.require_input(out, stage="4x_test")["stage"] == "4x_test"
     assert outputs.dataset_files(out) == [] and outputs.dataset_files(out + "/_manifest.json") == []
+
+
+def test_dataset_files_takes_files_and_lists(tmp_path):
+    out = str(tmp_path / "out")
+    outputs.commit(out, "r", [outputs.write_attempt(_rows(0, 3), out, "r", 0, "0-a")], _manifest(3))
+    parts = outputs.dataset_files(out)
+    single = str(tmp_path / "loose.parquet")
+    assert outputs.dataset_files(single) == [single]
+    assert outputs.dataset_files([out, single]) == parts + [single]
+    assert outputs.dataset_files((out,)) == parts
     with pytest.raises(ValueError, match="4a_manifest"):
         outputs.require_input(out, stage="4a_manifest")
 
