@@ -98,33 +98,12 @@ def build_anchor_set(catalog: pa.Table, source, size_pix: int = 64, include_cand
     return pa.Table.from_pylist(rows, ANCHOR_SCHEMA), rejects
 
 
-REJECT_COLUMNS = pa.schema([("name", pa.string()), ("ra", pa.float64()), ("dec", pa.float64()),
-                            ("reason", pa.string()), ("detail", pa.string())])
-
-
 def write_anchor_set(table: pa.Table, rejects: list[dict], out_uri: str, config: dict, inputs: dict,
                      overwrite: bool = False, timings: dict | None = None) -> dict:
-    """Write ``part-00000.parquet``, ``_rejects.parquet`` and, last, ``_manifest.json``; returns the manifest.
-
-    Rejected rows have no pixels, so they are kept beside the data (not in it) and counted:
-    ``rows_in = rows_written + rows_rejected``.
-    """
-    outputs.prepare_output(out_uri, overwrite)
-    by_reason: dict[str, int] = {}
-    for r in rejects:
-        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+    """Commit the anchor set (``_rejects.parquet`` beside it, counted); returns the manifest."""
     labels = table.column("label").to_pylist()
-    manifest = outputs.build_manifest(
-        "anchors", config, inputs, table.num_rows + len(rejects), table.num_rows, len(rejects), by_reason,
-        timings or {}, extra={"n_label_1": labels.count(1), "n_label_0": labels.count(0),
-                              "rejects_file": "_rejects.parquet"})
-    name = outputs.part_name(0)
-    storage.write_parquet(table, storage.join(out_uri, name))
-    storage.write_parquet(pa.Table.from_pylist(rejects, REJECT_COLUMNS), storage.join(out_uri, "_rejects.parquet"))
-    manifest.update(files=[name], file_rows={name: table.num_rows}, rows_in_files=table.num_rows,
-                    committed_utc=manifest["created_utc"])
-    storage.write_json(storage.join(out_uri, outputs.MANIFEST_NAME), manifest)
-    return manifest
+    return outputs.write_single_part("anchors", table, rejects, out_uri, config, inputs, overwrite, timings,
+                                     extra={"n_label_1": labels.count(1), "n_label_0": labels.count(0)})
 
 
 def build_default_anchor_set(shared_data_dir, out_uri: str, size_pix: int = 64, overwrite: bool = False) -> dict:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
 from jobs.runtime import storage
 
 FILE_KINDS = ("image", "invvar", "psfsize")
@@ -79,8 +80,8 @@ class CoaddBrick:
 
 
 @dataclass
-class Cutout:
-    """A stamp cut from a brick (or the reason it could not be).
+class HostStamp:
+    """The host pixels one manifest row is rendered into: a stamp cut from a brick or a host cutout (or why not).
 
     Attributes
     ----------
@@ -102,6 +103,8 @@ class Cutout:
         Sub-pixel offset of (ra, dec) from the stamp's central pixel centre, pixels, in [-0.5, 0.5].
     lens_offset_arcsec : tuple (x, y)
         Position of (ra, dec) in the stamp grid of :mod:`dhs_gen.conventions`, arcsec.
+    pixscale_arcsec : float
+        Of the stamp grid (the brick's WCS scale), arcsec per pixel.
     ok : bool
     reject_reason : str or None
     """
@@ -124,6 +127,7 @@ class Cutout:
     dx_pix: float = float("nan")
     dy_pix: float = float("nan")
     lens_offset_arcsec: tuple = (0.0, 0.0)
+    pixscale_arcsec: float = PIXSCALE_DR10_ARCSEC
 
 
 def _read_fits_image(uri: str):
@@ -211,7 +215,7 @@ def _reason_for_problem(key: str, text: str) -> str:
     return f"missing_band:{key}" if text.startswith("missing") else f"corrupt_fits:{key}"
 
 
-def cut_stamp(brick: CoaddBrick, ra: float, dec: float, size_pix: int = 64) -> Cutout:
+def cut_stamp(brick: CoaddBrick, ra: float, dec: float, size_pix: int = 64) -> HostStamp:
     """Cut a ``(bands, size, size)`` stamp centred on the brick pixel nearest to (ra, dec).
 
     Parameters
@@ -225,19 +229,24 @@ def cut_stamp(brick: CoaddBrick, ra: float, dec: float, size_pix: int = 64) -> C
 
     Returns
     -------
-    Cutout
+    HostStamp
         ``ok`` False with a ``reject_reason`` (module docstring) for bad data; never raises for it.
     """
+    try:  # a brick with problems may have no WCS: cut_stamp_at reports the problem first
+        x, y = (float(v) for v in brick.wcs.all_world2pix(np.array([[ra, dec]], dtype=float), 0)[0])
+    except Exception:  # noqa: BLE001 - a position the WCS cannot map is off this brick
+        x = y = float("nan")
+    return cut_stamp_at(brick, x, y, size_pix)
+
+
+def cut_stamp_at(brick: CoaddBrick, x: float, y: float, size_pix: int = 64) -> HostStamp:
+    """:func:`cut_stamp` at a brick pixel position ``(x, y)`` (0-based, x = column) instead of a sky position."""
     size = int(size_pix)
-    out = Cutout(brickname=brick.brickname, bands=brick.bands, size_pix=size, ok=False)
+    out = HostStamp(brickname=brick.brickname, bands=brick.bands, size_pix=size, ok=False)
     for key in list(brick.bands) + ["maskbits"]:
         if key in brick.problems:
             out.reject_reason = _reason_for_problem(key, brick.problems[key])
             return out
-    try:
-        x, y = (float(v) for v in brick.wcs.all_world2pix(np.array([[ra, dec]], dtype=float), 0)[0])
-    except Exception:  # noqa: BLE001 - a position the WCS cannot map is off this brick
-        x = y = float("nan")
     out.x_pix, out.y_pix = x, y
     height, width = brick.shape
     if not (np.isfinite(x) and np.isfinite(y)):
@@ -248,7 +257,7 @@ def cut_stamp(brick: CoaddBrick, ra: float, dec: float, size_pix: int = 64) -> C
     x0, y0 = ix - size // 2, iy - size // 2
     out.x0, out.y0 = x0, y0
     centre_shift = 0.5 if size % 2 == 0 else 0.0
-    ps = brick.pixscale_arcsec
+    ps = out.pixscale_arcsec = brick.pixscale_arcsec
     out.lens_offset_arcsec = ((out.dx_pix + centre_shift) * ps, (out.dy_pix + centre_shift) * ps)
     if x0 < 0 or y0 < 0 or x0 + size > width or y0 + size > height:
         out.reject_reason = "off_brick_edge"

@@ -130,16 +130,21 @@ class LegacySurveyCutoutService:
             time.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")
 
-    def fetch(self, ra: float, dec: float, size_pix: int) -> Cutout:
+    def fetch_bytes(self, ra: float, dec: float, size_pix: int) -> bytes:
+        """The service's FITS bytes for one position (gzip undone); CutoutUnavailable after the retries."""
         import gzip
+
+        url = self.url_template.format(ra=f"{ra:.7f}", dec=f"{dec:.7f}", size=int(size_pix))
+        data = self._get(url)
+        return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+    def fetch(self, ra: float, dec: float, size_pix: int) -> Cutout:
         import io
 
         from astropy.io import fits
 
         url = self.url_template.format(ra=f"{ra:.7f}", dec=f"{dec:.7f}", size=int(size_pix))
-        data = self._get(url)
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
+        data = self.fetch_bytes(ra, dec, size_pix)
         try:
             hdul = fits.open(io.BytesIO(data))
             return _fits_cutout(hdul, f"legacysurvey {url}", size_pix, surface_brightness=True)

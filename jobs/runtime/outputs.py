@@ -389,3 +389,31 @@ def build_manifest(stage: str, config: dict, inputs: dict, rows_in, rows_written
         "python": platform.python_version(),
         "packages": package_versions(),
     }
+
+
+REJECTS_FILE = "_rejects.parquet"
+
+
+def write_single_part(stage: str, table: pa.Table, rejects: list[dict], out_uri: str, config: dict, inputs: dict,
+                      overwrite: bool = False, timings: dict | None = None, extra: dict | None = None) -> dict:
+    """Commit a driver-built dataset: ``part-00000.parquet``, ``_rejects.parquet``, then ``_manifest.json``.
+
+    For outputs whose rejected inputs have no pixels to keep (anchors, hosts): the rejects
+    (``jobs.runtime.schema.REJECT_SCHEMA`` rows) sit beside the data, counted, so
+    ``rows_in = rows_written + rows_rejected``. Returns the manifest.
+    """
+    from jobs.runtime.schema import REJECT_SCHEMA
+
+    prepare_output(out_uri, overwrite)
+    by_reason: dict[str, int] = {}
+    for r in rejects:
+        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+    manifest = build_manifest(stage, config, inputs, table.num_rows + len(rejects), table.num_rows, len(rejects),
+                              by_reason, timings or {}, extra={**(extra or {}), "rejects_file": REJECTS_FILE})
+    name = part_name(0)
+    storage.write_parquet(table, storage.join(out_uri, name))
+    storage.write_parquet(pa.Table.from_pylist(rejects, REJECT_SCHEMA), storage.join(out_uri, REJECTS_FILE))
+    manifest.update(files=[name], file_rows={name: table.num_rows}, rows_in_files=table.num_rows,
+                    committed_utc=manifest["created_utc"])
+    storage.write_json(storage.join(out_uri, MANIFEST_NAME), manifest)
+    return manifest

@@ -108,3 +108,34 @@ ANCHOR_SCHEMA = pa.schema([
     ("pixscale_arcsec", pa.float64()),
     ("provenance", pa.string()),        # where the pixels came from and what was done to them
 ])
+
+HOST_SCHEMA = pa.schema([
+    ("host_id", pa.string()),           # the manifest's host_id: <brick>_<ra>_<dec> when the position is known
+    ("name", pa.string()),
+    ("ra", pa.float64()),               # deg; null when the cutout has no position
+    ("dec", pa.float64()),
+    ("brickname", pa.string()),         # DR10 brick of the position (the split key); null without one
+    ("host_flux_g_nmgy", pa.float64()),  # from the catalog when it has FLUX_G/R/Z
+    ("host_flux_r_nmgy", pa.float64()),
+    ("host_flux_z_nmgy", pa.float64()),
+    ("host_type", pa.string()),
+    ("image", pa.binary()),             # float32 (3, H, W) g, r, z nanomaggies per 0.262" pixel
+    ("invvar", pa.binary()),            # float32 (3, H, W), 1/nanomaggies^2
+    ("maskbits", pa.binary()),          # int32 (H, W) DR10 maskbits; null when the source has none
+    ("image_shape", pa.list_(pa.int32())),
+    ("bands", pa.string()),
+    ("pixscale_arcsec", pa.float64()),
+    ("dx_pix", pa.float64()),           # host position minus the central pixel's centre, pixels (x = column)
+    ("dy_pix", pa.float64()),
+    ("psf_fwhm_g_arcsec", pa.float64()),
+    ("psf_fwhm_r_arcsec", pa.float64()),
+    ("psf_fwhm_z_arcsec", pa.float64()),
+    ("psf_source", pa.string()),        # catalog PSFSIZE | measured on a PSF image | psfsize map | declared
+    ("invvar_source", pa.string()),     # file | coadd | estimated: MAD of the stamp's border frame
+    ("source", pa.string()),            # the --cutouts spec
+    ("provenance", pa.string()),        # where the pixels came from and every step applied
+])
+
+#: Inputs that gave no row (no pixels to keep), beside the data in ``_rejects.parquet``: rows in = written + rejected.
+REJECT_SCHEMA = pa.schema([("name", pa.string()), ("ra", pa.float64()), ("dec", pa.float64()),
+                                ("reason", pa.string()), ("detail", pa.string())])

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -301,6 +302,40 @@ def _parquet_uris(uri_or_list) -> list[str]:
                     if not u.rsplit("/", 1)[-1].startswith(("_", "."))]
         return [uri]
     return [str(u) for u in uri_or_list]
+
+
+def read_table(uri: str) -> pa.Table:
+    """A catalog as a table, whatever its format: Parquet (file or dataset folder), CSV, or a FITS binary table.
+
+    FITS tables (``.fits``, ``.fits.gz``, ``.fit``) are read with astropy; multi-dimensional columns
+    are dropped (catalog columns are scalars). Column names are kept exactly as in the file.
+    """
+    import io
+
+    text = str(uri).lower()
+    if not exists(uri):
+        raise FileNotFoundError(f"no such catalog: {uri}")
+    if text.endswith(".csv") or text.endswith(".csv.gz"):
+        import pyarrow.csv as pacsv
+
+        data = read_bytes(uri)
+        if text.endswith(".gz"):
+            import gzip
+
+            data = gzip.decompress(data)
+        return pacsv.read_csv(io.BytesIO(data))
+    if text.endswith((".fits", ".fits.gz", ".fit", ".fit.gz")):
+        from astropy.table import Table
+
+        data = read_bytes(uri)
+        if data[:2] == b"\x1f\x8b":
+            import gzip
+
+            data = gzip.decompress(data)
+        tab = Table.read(io.BytesIO(data), format="fits")
+        return pa.table({name: np.asarray(tab[name]).tolist() if tab[name].dtype.kind in "SU" else np.asarray(tab[name])
+                         for name in tab.colnames if tab[name].ndim == 1})
+    return read_parquet(uri)
 
 
 def read_parquet(uri_or_list, columns: Sequence[str] | None = None) -> pa.Table:

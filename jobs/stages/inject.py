@@ -1,6 +1,7 @@
-"""Stage 4c: cut grz stamps from coadd bricks, inject lensed arcs, write stamps Parquet.
+"""Stage 4c: cut grz stamps from coadd bricks or real host cutouts, inject lensed arcs, write stamps Parquet.
 
     dhs inject --manifest MANIFEST --coadds SKY --out STAMPS [--partitions N]
+    dhs inject --manifest MANIFEST --hosts HOSTS --out STAMPS      # hosts of `dhs hosts build`
 
 Everything else (generation config, bank paths) comes from the manifest's own
 ``_manifest.json``, so these arguments alone re-run the stage. Rows are repartitioned by
@@ -8,6 +9,11 @@ brick and sorted, so each partition loads each of its bricks once and holds one 
 output batch in memory, whatever the partition size. Each manifest row gives exactly one output
 row: bad data (missing band, corrupt FITS, off the brick edge, NaN pixels) gives a row with
 ``cutout_ok = 0`` and a ``reject_reason``, never a crash or a loss.
+
+With ``--hosts`` each manifest row is joined to its host row (by ``host_id``; a row without one is
+rejected ``missing_host``), the host stamp is the central ``stamp_size_pix`` of the host's, and the
+row renders through the same :func:`jobs.stages.render_row.render_row` as from a brick: a host cut
+from a brick renders bit-identically to the brick.
 """
 
 from __future__ import annotations
@@ -17,11 +23,16 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 
+from dhs_gen.errors import InvalidValueError
+from jobs.cutouts.coadds import HostStamp
+from jobs.cutouts.cutout import BANDS
+from jobs.cutouts.host_images import crop_stamp
 from jobs.runtime import outputs, stage, storage
 from jobs.runtime.config import ExperimentConfig, config_from_dict
-from jobs.runtime.schema import MANIFEST_SCHEMA, STAMP_SCHEMA
+from jobs.runtime.schema import HOST_SCHEMA, MANIFEST_SCHEMA, STAMP_SCHEMA, decode_image
 from jobs.stages.render_row import rejected_row, render_row
 
 OUTPUT_BATCH_ROWS = 256  # one Parquet row group (~25 MB of stamps): bounded memory, fast reads
@@ -60,17 +71,53 @@ def inject_rows(rows: Iterable[dict], cfg: ExperimentConfig, coadd_root: str, gi
             yield rejected_row(row, f"error:{type(err).__name__}:{err}"[:200], git_sha)
 
 
-def inject_batches(batches: Iterable[pa.RecordBatch], cfg: ExperimentConfig, coadd_root: str,
+#: Host columns joined onto manifest rows in 4c with --hosts: HOST_SCHEMA name -> joined name.
+HOST_JOIN_COLUMNS = {c: f"host_{c}" for c in ("image", "invvar", "maskbits", "image_shape", "pixscale_arcsec", "dx_pix",
+                                                "dy_pix", "psf_fwhm_g_arcsec", "psf_fwhm_r_arcsec", "psf_fwhm_z_arcsec")}
+
+
+def host_stamp_of(row: dict, size_pix: int) -> HostStamp:
+    """The host stamp of a manifest row joined to its host (HOST_JOIN_COLUMNS), cropped to ``size_pix``."""
+    h = {c: row.pop(j) for c, j in HOST_JOIN_COLUMNS.items()}
+    if h["image"] is None:
+        return HostStamp(brickname=row.get("brickname") or "", bands=BANDS, size_pix=size_pix, ok=False,
+                         reject_reason="missing_host")
+    shape = tuple(h["image_shape"])
+    full = HostStamp(brickname=row.get("brickname") or "", bands=BANDS, size_pix=shape[-1], ok=True,
+                     image=decode_image(h["image"], shape), invvar=decode_image(h["invvar"], shape),
+                     maskbits=None if h["maskbits"] is None else np.frombuffer(h["maskbits"], np.int32).reshape(shape[1:]),
+                     psf_fwhm_arcsec=(h["psf_fwhm_g_arcsec"], h["psf_fwhm_r_arcsec"], h["psf_fwhm_z_arcsec"]),
+                     dx_pix=h["dx_pix"], dy_pix=h["dy_pix"], pixscale_arcsec=h["pixscale_arcsec"])
+    return crop_stamp(full, size_pix)
+
+
+def inject_host_rows(rows: Iterable[dict], cfg: ExperimentConfig, git_sha: str) -> Iterator[dict]:
+    """Manifest rows joined to their hosts -> stamp rows (pure Python; tests call it)."""
+    banks = open_banks(cfg)
+    arc_cache: dict = {}
+    for row in rows:
+        try:
+            stamp = host_stamp_of(row, cfg.stamp_size_pix)
+            yield render_row(row, stamp, cfg, banks, git_sha, arc_cache)
+        except Exception as err:  # noqa: BLE001 - a row must never take the partition down
+            for j in HOST_JOIN_COLUMNS.values():
+                row.pop(j, None)
+            yield rejected_row(row, f"error:{type(err).__name__}:{err}"[:200], git_sha)
+
+
+def inject_batches(batches: Iterable[pa.RecordBatch], cfg: ExperimentConfig, coadd_root: str | None,
                    git_sha: str) -> Iterator[pa.Table]:
-    """Arrow manifest batches (sorted by split, brick) -> Arrow stamp tables of at most
-    OUTPUT_BATCH_ROWS rows, each of one split (each becomes one Parquet row group)."""
+    """Arrow manifest batches (sorted by split, brick or host) -> Arrow stamp tables of at most
+    OUTPUT_BATCH_ROWS rows, each of one split (each becomes one Parquet row group). Without a
+    ``coadd_root`` the batches carry their host columns (``--hosts``)."""
 
     def rows():
         for batch in batches:
             yield from batch.to_pylist()
 
+    out_rows = inject_rows(rows(), cfg, coadd_root, git_sha) if coadd_root else inject_host_rows(rows(), cfg, git_sha)
     buf = []
-    for out in inject_rows(rows(), cfg, coadd_root, git_sha):
+    for out in out_rows:
         if buf and out["split"] != buf[-1]["split"]:
             # One split per row group: the training reader skips the others' row groups unread.
             yield pa.Table.from_pylist(buf, schema=STAMP_SCHEMA)
@@ -83,20 +130,19 @@ def inject_batches(batches: Iterable[pa.RecordBatch], cfg: ExperimentConfig, coa
         yield pa.Table.from_pylist(buf, schema=STAMP_SCHEMA)
 
 
-def read_manifest_df(spark, manifest_uri: str):
-    """The committed manifest as a DataFrame, read by the tasks themselves (works for s3:// too)."""
-    files = outputs.dataset_files(manifest_uri)
+def read_dataset_df(spark, uri: str, schema: pa.Schema = MANIFEST_SCHEMA):
+    """A committed dataset as a DataFrame of ``schema``, read by the tasks themselves (works for s3:// too)."""
+    files = outputs.dataset_files(uri)
 
     def read(batches):
         for batch in batches:
-            for uri in batch.column("uri").to_pylist():
-                yield from storage.read_parquet(uri).cast(MANIFEST_SCHEMA).to_batches()
+            for part in batch.column("uri").to_pylist():
+                yield from storage.read_parquet(part).cast(schema).to_batches()
 
     paths = spark.createDataFrame([(f,) for f in files] or [("",)], "uri string")
     if not files:
         paths = paths.limit(0)
-    return paths.repartition(max(1, len(files))).mapInArrow(stage.with_storage_env(read),
-                                                            stage.spark_schema(MANIFEST_SCHEMA))
+    return paths.repartition(max(1, len(files))).mapInArrow(stage.with_storage_env(read), stage.spark_schema(schema))
 
 
 def resolve_coadd_root(coadds_uri: str) -> str:
@@ -105,23 +151,38 @@ def resolve_coadd_root(coadds_uri: str) -> str:
     return inner if storage.exists(inner) else coadds_uri
 
 
-def run(manifest_uri: str, coadds_uri: str, out_uri: str, partitions: int = 4, overwrite: bool = False,
-        spark=None) -> dict:
-    """Run 4c with Spark and commit the stamps with ``_manifest.json``; returns that manifest."""
+def run(manifest_uri: str, coadds_uri: str | None, out_uri: str, partitions: int = 4, overwrite: bool = False,
+        spark=None, hosts_uri: str | None = None) -> dict:
+    """Run 4c with Spark and commit the stamps with ``_manifest.json``; returns that manifest.
+
+    The host pixels come from the coadd bricks under ``coadds_uri`` or the host dataset ``hosts_uri``.
+    """
     from jobs.spark import get_spark
 
     t0 = time.perf_counter()
+    if (coadds_uri is None) == (hosts_uri is None):
+        raise InvalidValueError("coadds/hosts", (coadds_uri, hosts_uri), "exactly one of --coadds and --hosts")
     m = outputs.require_input(manifest_uri, stage="4a_manifest")
+    if hosts_uri:
+        outputs.require_input(hosts_uri, stage="hosts")
     cfg = config_from_dict(m["config"])          # validated on the driver, before any task runs
     open_banks(cfg)                              # a wrong bank path fails here, not on executors
     outputs.prepare_output(out_uri, overwrite)
-    coadd_root = resolve_coadd_root(coadds_uri)
+    coadd_root = resolve_coadd_root(coadds_uri) if coadds_uri else None
     git_sha = outputs.git_sha()
     spark = spark or get_spark("dhs-4c-inject")
-    df = read_manifest_df(spark, manifest_uri)
-    # The split is a function of the brick, so sorting by split first keeps each brick's rows
-    # together and lets a partition's output cut into row groups of one split each.
-    df = df.repartition(partitions, "brickname").sortWithinPartitions("split", "brickname", "task_id")
+    from pyspark.sql import functions as F
+
+    df = read_dataset_df(spark, manifest_uri)
+    if hosts_uri:
+        hosts = read_dataset_df(spark, hosts_uri, HOST_SCHEMA).select(
+            "host_id", *[F.col(c).alias(j) for c, j in HOST_JOIN_COLUMNS.items()])
+        df = df.join(hosts, on="host_id", how="left").select(*MANIFEST_SCHEMA.names, *HOST_JOIN_COLUMNS.values())
+        df = df.repartition(partitions, "host_id").sortWithinPartitions("split", "host_id", "task_id")
+    else:
+        # The split is a function of the brick, so sorting by split first keeps each brick's rows
+        # together and lets a partition's output cut into row groups of one split each.
+        df = df.repartition(partitions, "brickname").sortWithinPartitions("split", "brickname", "task_id")
     run_id, reports = stage.run_partitions(df, lambda b: inject_batches(b, cfg, coadd_root, git_sha),
                                            out_uri, STAMP_SCHEMA)
     seconds = time.perf_counter() - t0
@@ -130,7 +191,7 @@ def run(manifest_uri: str, coadds_uri: str, out_uri: str, partitions: int = 4, o
              "peak_worker_rss_mb": summary["peak_rss_mb"],
              "stamps_per_s": summary["rows_total"] / seconds if seconds else None}
     manifest = stage.commit_stage("4c_inject", out_uri, run_id, reports, m["config"],
-                                  {"manifest": manifest_uri, "coadds": coadds_uri},
+                                  {"manifest": manifest_uri, **({"hosts": hosts_uri} if hosts_uri else {"coadds": coadds_uri})},
                                   rows_in=m["rows_written"] + m.get("rows_rejected", 0),
                                   timings={"total_s": seconds}, extra=extra)
     print(stage.progress_line("4c inject", summary["rows_total"], summary["rows_rejected"], seconds), file=sys.stderr)
@@ -140,14 +201,16 @@ def run(manifest_uri: str, coadds_uri: str, out_uri: str, partitions: int = 4, o
 def build_parser() -> argparse.ArgumentParser:
     p = stage.stage_parser("dhs inject", __doc__)
     p.add_argument("--manifest", required=True, help="4a manifest directory or s3:// URI")
-    p.add_argument("--coadds", required=True, help="coadd root (sky dir or its coadd/ folder; local or s3://)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--coadds", help="coadd root (sky dir or its coadd/ folder; local or s3://)")
+    src.add_argument("--hosts", help="host dataset of `dhs hosts build` (real cutouts)")
     stage.add_output_args(p, "stamps")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    manifest = run(args.manifest, args.coadds, args.out, args.partitions, args.overwrite)
+    manifest = run(args.manifest, args.coadds, args.out, args.partitions, args.overwrite, hosts_uri=args.hosts)
     print(f"stamps: {manifest['rows_written']} written, {manifest['rows_rejected']} rejected -> {args.out}")
     return 0
 

@@ -8,6 +8,10 @@ The split is by brick (a hash of the brick name), so train/val/test are spatiall
 identical across generations.
 
     dhs manifest --parent PARENT.parquet --config gen7 --out MANIFEST [--partitions N]
+    dhs manifest --hosts HOSTS --config gen7 --out MANIFEST      # a host dataset of `dhs hosts build`
+
+With ``--hosts`` the tasks are planned over the host rows (their ``host_id``, position and brick;
+hosts without a position are split by their own id instead of a brick).
 """
 
 from __future__ import annotations
@@ -55,6 +59,22 @@ def read_parent_sample(uri: str, max_hosts: int | None = None) -> pa.Table:
     out = pa.table(cols)
     out = out.set_column(out.schema.get_field_index("brickname"), "brickname", out.column("brickname").cast(pa.string()))
     return out.slice(0, max_hosts) if max_hosts else out
+
+
+HOST_COLUMNS = ["host_id", "ra", "dec", "brickname", "host_flux_g_nmgy", "host_flux_r_nmgy", "host_flux_z_nmgy",
+                "host_type"]
+
+
+def read_hosts(uri: str, max_hosts: int | None = None) -> pa.Table:
+    """The host rows of a ``dhs hosts build`` dataset, without their pixels (what 4a plans over)."""
+    m = outputs.require_input(uri, stage="hosts")
+    files = outputs.dataset_files(uri)
+    table = storage.read_parquet(files, columns=HOST_COLUMNS) if files else pa.table(
+        {c: pa.array([], pa.string() if c in ("host_id", "brickname", "host_type") else pa.float64())
+         for c in HOST_COLUMNS})
+    if table.num_rows == 0:
+        raise ConfigError("hosts", uri, f"the host dataset has no hosts ({m.get('rows_rejected', 0)} rejected)")
+    return table.slice(0, max_hosts) if max_hosts else table
 
 
 def host_id(brickname: str, ra: float, dec: float) -> str:
@@ -106,8 +126,9 @@ def draw_pair_params(pair_id: str, theta_e: float, cfg: ExperimentConfig) -> dic
 
 def plan_host(host: dict, cfg: ExperimentConfig, config_hash: str) -> list[dict]:
     """All manifest rows of one host (pure; what each Spark task runs per parent row)."""
-    hid = host_id(host["brickname"], host["ra"], host["dec"])
-    split = split_for_brick(host["brickname"], cfg.split_fractions)
+    hid = host.get("host_id") or host_id(host["brickname"], host["ra"], host["dec"])
+    # hosts without a position (cutouts with no WCS) have no brick: their own id keeps the split stable
+    split = split_for_brick(host["brickname"] or hid, cfg.split_fractions)
     # Unpaired controls (Gen5): a host is either an injection host or a control host.
     host_is_control = (not cfg.paired_controls) and categorical_from_hash(hid, [0.5, 0.5], salt="control_host") == 1
     rows = []
@@ -143,13 +164,16 @@ def plan_batches(batches: Iterable[pa.RecordBatch], cfg: ExperimentConfig, confi
         yield pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
 
-def run(parent_uri: str, cfg: ExperimentConfig, out_uri: str, partitions: int = 4, overwrite: bool = False,
-        spark=None) -> dict:
-    """Plan the manifest with Spark and commit it with ``_manifest.json``; returns the manifest dict."""
+def run(parent_uri: str | None, cfg: ExperimentConfig, out_uri: str, partitions: int = 4, overwrite: bool = False,
+        spark=None, hosts_uri: str | None = None) -> dict:
+    """Plan the manifest with Spark and commit it with ``_manifest.json``; returns the manifest dict.
+
+    The hosts are the rows of the parent sample ``parent_uri`` or of the host dataset ``hosts_uri``.
+    """
     from jobs.spark import get_spark
 
     t0 = time.perf_counter()
-    hosts = read_parent_sample(parent_uri, cfg.max_hosts)
+    hosts = read_hosts(hosts_uri, cfg.max_hosts) if hosts_uri else read_parent_sample(parent_uri, cfg.max_hosts)
     outputs.prepare_output(out_uri, overwrite)
     spark = spark or get_spark("dhs-4a-manifest")
     df = spark.createDataFrame(hosts.to_pandas()).repartition(partitions)
@@ -159,7 +183,8 @@ def run(parent_uri: str, cfg: ExperimentConfig, out_uri: str, partitions: int = 
     n_rows = sum(r["rows"] for r in reports)
     per_host = len(cfg.lens.theta_e_arcsec) * cfg.n_replicates
     extra = {"n_hosts": hosts.num_rows, "pairs_per_host": per_host}
-    manifest = stage.commit_stage("4a_manifest", out_uri, run_id, reports, cfg.to_dict(), {"parent": parent_uri},
+    inputs = {"hosts": hosts_uri} if hosts_uri else {"parent": parent_uri}
+    manifest = stage.commit_stage("4a_manifest", out_uri, run_id, reports, cfg.to_dict(), inputs,
                                   rows_in=n_rows, timings={"total_s": seconds}, extra=extra)
     print(stage.progress_line("4a manifest", n_rows, 0, seconds), file=sys.stderr)
     return manifest
@@ -167,7 +192,9 @@ def run(parent_uri: str, cfg: ExperimentConfig, out_uri: str, partitions: int = 
 
 def build_parser() -> argparse.ArgumentParser:
     p = stage.stage_parser("dhs manifest", __doc__)
-    p.add_argument("--parent", required=True, help="parent-sample Parquet (DR10 columns RA, DEC, BRICKNAME, FLUX_G/R/Z, TYPE)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--parent", help="parent-sample Parquet (DR10 columns RA, DEC, BRICKNAME, FLUX_G/R/Z, TYPE)")
+    src.add_argument("--hosts", help="host dataset of `dhs hosts build` (real cutouts)")
     p.add_argument("--config", required=True, help="generation preset name (e.g. gen7, uber, demo) or YAML path")
     p.add_argument("--max-hosts", type=int, default=None, help="use only the first N hosts (tests, quick looks)")
     stage.add_output_args(p, "manifest")
@@ -182,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"dhs manifest: {err}", file=sys.stderr)
         return 2
-    manifest = run(args.parent, cfg, args.out, args.partitions, args.overwrite)
+    manifest = run(args.parent, cfg, args.out, args.partitions, args.overwrite, hosts_uri=args.hosts)
     print(f"manifest: {manifest.get('rows_written', '?')} tasks -> {args.out}")
     return 0
 
