@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("jobs.evaluation.evaluate", "metrics.json, leakage and anchor gates, plots and report.html"),
     "catalogs": ("jobs.catalogs.lens_catalogs", "real lens / look-alike catalogs: read | merge | crossmatch (DR10 bricks)"),
     "anchors": ("jobs.anchors.anchor_set", "build the real anchor set (known lenses + real hard negatives) with cutouts"),
+    "cutout-cache": ("jobs.stages.cutout_cache", "4b for cutouts: fetch each host cutout (image + invvar) from the cutout service once"),
     "hosts": ("jobs.stages.hosts", "real host cutouts (folder, cutout service, DR10 bricks) -> host dataset for 4a/4c"),
     "anchors metrics": ("jobs.evaluation.gates:anchor_metrics_main", "the anchor gate on `dhs score` output of an anchor set"),
     "hardneg": ("jobs.catalogs.hardneg", "collect real hard negatives (model FPs, rings, mergers) away from known lenses"),

@@ -83,18 +83,22 @@ class HttpSource:
         return self.template.format(bri=brick[:3], brick=brick, filename=filename)
 
     def fetch(self, brick: str, filename: str) -> bytes:
-        url = self.url(brick, filename)
-        try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as resp:   # noqa: S310 - http(s) only
-                data = resp.read()
-                expected = resp.headers.get("Content-Length")
-        except urllib.error.HTTPError as err:
-            raise FetchError(url, f"HTTP {err.code}", err.code not in PERMANENT_HTTP) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as err:
-            raise FetchError(url, f"{type(err).__name__}: {err}", True) from None
-        if expected is not None and int(expected) != len(data):
-            raise FetchError(url, f"truncated body: {len(data)} of {expected} bytes", True)
-        return data
+        return http_get(self.url(brick, filename), self.timeout_s)
+
+
+def http_get(url: str, timeout_s: float) -> bytes:
+    """The body of one GET; :class:`FetchError` says whether a retry may help (5xx, 429, resets, truncation)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:   # noqa: S310 - http(s) only
+            data = resp.read()
+            expected = resp.headers.get("Content-Length")
+    except urllib.error.HTTPError as err:
+        raise FetchError(url, f"HTTP {err.code}", err.code not in PERMANENT_HTTP) from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as err:
+        raise FetchError(url, f"{type(err).__name__}: {err}", True) from None
+    if expected is not None and int(expected) != len(data):
+        raise FetchError(url, f"truncated body: {len(data)} of {expected} bytes", True)
+    return data
 
 
 class StorageSource:

@@ -232,7 +232,13 @@ def build_hosts(spec: str, out_uri: str, catalog_uri: str | None = None, size: i
         rows, rejects = build_coadd(source, catalog, size, declared, spec)
     else:
         rows, rejects = build_service(source, catalog, size, declared, spec)
-    table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["host_id"]), HOST_SCHEMA)
+    unique: dict = {}
+    for r in rows:   # one row per host: a position listed twice would plan its tasks twice
+        if r["host_id"] in unique:
+            rejects.append(_reject(r, "duplicate_host", f"same host_id as an earlier row: {r['host_id']}"))
+        else:
+            unique[r["host_id"]] = r
+    table = pa.Table.from_pylist([unique[k] for k in sorted(unique)], HOST_SCHEMA)
     config = {"cutouts": spec, "size_pix": size, "catalog": catalog_uri,
               "declared": {k: v for k, v in vars(declared).items() if v is not None}}
     by_psf: dict = {}

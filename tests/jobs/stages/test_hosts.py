@@ -1,17 +1,17 @@
 """``dhs hosts build`` -> 4a -> 4c on real host cutouts: accounting, photometry, brick = cutout, the service."""
 
-import http.server
 import json
-import threading
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
+from support import CutoutService
 
 from jobs import cli
 from jobs.cutouts.coadds import load_brick
+from jobs.cutouts.sources import LegacySurveyCutoutService
 from jobs.runtime import outputs, storage
 from jobs.runtime.config import load_config
 from jobs.runtime.schema import decode_image
@@ -199,43 +199,14 @@ def test_a_row_renders_bit_identically_from_the_brick_and_from_cutouts_of_it(bri
 # legacysurvey: the cutout service (a local stand-in serving the real DR9 file), retries
 # ------------------------------------------------------------------------------------------------
 
-class _Service(http.server.BaseHTTPRequestHandler):
-    body: bytes = b""
-    failures_left = 0
-
-    def do_GET(self):  # noqa: N802 - http.server API
-        cls = type(self)
-        if cls.failures_left > 0:
-            cls.failures_left -= 1
-            self.send_error(503)
-            return
-        if "ra=10.0000000" in self.path:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(cls.body)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_legacysurvey_service_hosts_with_retries_and_404(shared_data, tmp_path):
-    _Service.body = (shared_data / "decals" / "dr9_cutout_invvar" / DR9_FILE).read_bytes()
-    _Service.failures_left = 2                      # the first two requests fail with 503: retried
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Service)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/cutout.fits?ra={{ra}}&dec={{dec}}&size={{size}}"
-        cat = tmp_path / "cat.csv"
-        cat.write_text("ra,dec\n59.1067599,-30.4848417\n10.0,10.0\n")
-        from jobs.cutouts.sources import LegacySurveyCutoutService
-
-        service = LegacySurveyCutoutService(url, retries=3, backoff_s=0.01)
-        rows, rejects = hosts.build_service(service, hosts.read_catalog(str(cat)), 64, hosts.Declared(
-            psf_fwhm_arcsec=(1.5, 1.3, 1.2)), "legacysurvey")
-    finally:
-        server.shutdown()
+    body = (shared_data / "decals" / "dr9_cutout_invvar" / DR9_FILE).read_bytes()
+    cat = tmp_path / "cat.csv"
+    cat.write_text("ra,dec\n59.1067599,-30.4848417\n10.0,10.0\n")
+    # the first two requests fail with 503 (retried); the second position is not in the survey (404)
+    with CutoutService(body, missing=("ra=10.0000000",), failures=2) as service:
+        source = LegacySurveyCutoutService(service.template, retries=3, backoff_s=0.01)
+        rows, rejects = hosts.build_service(source, hosts.read_catalog(str(cat)), 64,
+                                            hosts.Declared(psf_fwhm_arcsec=(1.5, 1.3, 1.2)), "legacysurvey")
     assert len(rows) == 1 and rows[0]["invvar_source"] == "file"
     assert [r["reason"] for r in rejects] == ["http_error"] and "404" in rejects[0]["detail"]
