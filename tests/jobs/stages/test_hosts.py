@@ -210,3 +210,18 @@ def test_legacysurvey_service_hosts_with_retries_and_404(shared_data, tmp_path):
                                             hosts.Declared(psf_fwhm_arcsec=(1.5, 1.3, 1.2)), "legacysurvey")
     assert len(rows) == 1 and rows[0]["invvar_source"] == "file"
     assert [r["reason"] for r in rejects] == ["http_error"] and "404" in rejects[0]["detail"]
+
+
+def test_a_host_smaller_than_the_stamp_is_a_rejected_row(shared_data, tmp_path):
+    out = tmp_path / "small"
+    hosts.build_hosts(f"local:{shared_data}/des/lrg_hosts", str(out), size=48, declared=hosts.Declared(
+        zeropoint=30.0, pixscale_arcsec=0.263, psf_fwhm_arcsec=(1.3, 1.15, 1.05)))
+    host = pq.read_table(outputs.dataset_files(str(out))[0]).to_pylist()[0]
+    cfg = _cfg()                                       # stamp_size_pix 64 > 48
+    planned = manifest.plan_host(host, cfg, cfg.config_hash())
+    joined = [{**r, **{j: host[c] for c, j in inject.HOST_JOIN_COLUMNS.items()}} for r in planned]
+    joined.append({**planned[0], "task_id": "orphan", **dict.fromkeys(inject.HOST_JOIN_COLUMNS.values())})
+    got = list(inject.inject_host_rows(joined, cfg, "sha"))
+    assert len(got) == len(joined)
+    assert {r["reject_reason"] for r in got[:-1]} == {"cutout_too_small"} and got[-1]["reject_reason"] == "missing_host"
+    assert all(r["cutout_ok"] == 0 and r["image"] is None for r in got)
