@@ -119,6 +119,8 @@ HOST_SCHEMA = pa.schema([
     ("host_flux_r_nmgy", pa.float64()),
     ("host_flux_z_nmgy", pa.float64()),
     ("host_type", pa.string()),
+    ("hardneg_source", pa.string()),    # from a `dhs hardneg collect` catalog: model_fp | ring | merger
+    ("weight", pa.float64()),           # that source's training weight (dhs train --hard-negatives)
     ("image", pa.binary()),             # float32 (3, H, W) g, r, z nanomaggies per 0.262" pixel
     ("invvar", pa.binary()),            # float32 (3, H, W), 1/nanomaggies^2
     ("maskbits", pa.binary()),          # int32 (H, W) DR10 maskbits; null when the source has none

@@ -79,7 +79,7 @@ def read_catalog(uri: str) -> list[dict]:
     if "ra" not in cols or "dec" not in cols:
         raise InvalidValueError("catalog", uri, f"needs RA and DEC columns (any case); has {table.column_names}")
     keep = [c for c in ("ra", "dec", "brickname", "flux_g", "flux_r", "flux_z", "type", "name",
-                        "psfsize_g", "psfsize_r", "psfsize_z") if c in cols]
+                        "psfsize_g", "psfsize_r", "psfsize_z", "hardneg_source", "weight") if c in cols]
     return [{k: row[cols[k]] for k in keep} for row in table.select([cols[k] for k in keep]).to_pylist()]
 
 
@@ -101,6 +101,7 @@ def host_row(stamp: HostStamp, meta: dict, psf_source: str, invvar_source: str, 
     return {"host_id": hid, "name": meta["name"], "ra": ra, "dec": dec, "brickname": brick,
             "host_flux_g_nmgy": meta.get("flux_g"), "host_flux_r_nmgy": meta.get("flux_r"),
             "host_flux_z_nmgy": meta.get("flux_z"), "host_type": meta.get("type"),
+            "hardneg_source": meta.get("hardneg_source"), "weight": meta.get("weight"),
             "image": encode_image(stamp.image), "invvar": encode_image(stamp.invvar),
             "maskbits": None if stamp.maskbits is None else np.ascontiguousarray(stamp.maskbits, np.int32).tobytes(),
             "image_shape": list(stamp.image.shape), "bands": BANDS, "pixscale_arcsec": stamp.pixscale_arcsec,

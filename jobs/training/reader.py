@@ -336,3 +336,13 @@ def count_rows(uris, split: str | None = None) -> dict:
             ok = pc.and_(in_split, pc.fill_null(pc.equal(b.column("cutout_ok"), 1), False))
             n_ok += pc.sum(pc.cast(ok, pa.int64())).as_py() or 0
     return {"n_rows": n_rows, "n_split": n_split, "n_ok": n_ok, "n_rejected": n_split - n_ok}
+
+
+def stamp_shape(uris) -> tuple:
+    """``(bands, H, W)`` of the first usable stamp (cutout_ok == 1) of the dataset(s)."""
+    for uri in dataset_files(uris):
+        for b in _iter_file_batches(uri, ["image_shape", "cutout_ok"], 65536):
+            for shape, ok in zip(b.column("image_shape").to_pylist(), b.column("cutout_ok").to_pylist(), strict=True):
+                if ok == 1 and shape:
+                    return tuple(int(s) for s in shape)
+    raise InvalidValueError("stamps", str(uris), "has no usable stamp (cutout_ok = 1) to take the shape from")

@@ -35,9 +35,10 @@ from dhs_gen.errors import ConfigError, check_config_range
 from dhs_gen.json_values import json_safe
 from dhs_gen.metrics import roc_auc
 from jobs.runtime.storage import is_s3, resolve
+from jobs.training.hard_negatives import HardNegativeSet
 from jobs.training.model import ModelConfig, build_model, load_checkpoint, save_checkpoint
 from jobs.training.preprocess import dihedral_torch
-from jobs.training.reader import count_rows, make_loader
+from jobs.training.reader import count_rows, make_loader, stamp_shape
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "constant")
@@ -199,6 +200,15 @@ def _improved(metric: str, value: float, best: float | None) -> bool:
     return best is None or (value > best if metric == "val_auc" else value < best)
 
 
+def _with_hard_negatives(x, y, hard: HardNegativeSet, idx, epoch: int, step: int, cfg: TrainConfig, device):
+    """The batch with this step's hard negatives appended (label 0), and the per-row loss weights."""
+    hx = torch.from_numpy(hard.images[idx]).to(device)
+    if cfg.augment:
+        hx = dihedral_torch(hx, torch.from_numpy(hard.dihedral_ops(epoch, step, len(idx), cfg.seed)).to(device))
+    w = torch.cat([torch.ones(len(y), device=device), torch.from_numpy(hard.weights[idx]).to(device)])
+    return torch.cat([x, hx]), torch.cat([y, torch.zeros(len(idx), device=device, dtype=y.dtype)]), w
+
+
 class _Outputs:
     """Files of the run, written in a local folder and uploaded when ``out_dir`` is s3://."""
 
@@ -227,7 +237,8 @@ class _Outputs:
                 dst.write(src.read())
 
 
-def train(stamps_uri, out_dir: str, cfg: TrainConfig, resume_from: str | None = None, progress: bool = True) -> dict:
+def train(stamps_uri, out_dir: str, cfg: TrainConfig, resume_from: str | None = None, progress: bool = True,
+          hard_negatives: str | None = None, hard_neg_weight: float = 1.0) -> dict:
     """Train a lens finder on stamps Parquet.
 
     Parameters
@@ -242,6 +253,10 @@ def train(stamps_uri, out_dir: str, cfg: TrainConfig, resume_from: str | None = 
         A ``last.pt`` to continue from (its epochs count towards ``cfg.epochs``).
     progress : bool
         Show tqdm bars (the per-epoch line is always printed).
+    hard_negatives : str, optional
+        A host or anchor dataset of real cutouts mixed into every epoch as label-0 rows
+        (:mod:`jobs.training.hard_negatives`); each row's loss weight is its source weight times
+        ``hard_neg_weight``, the stamps' weight is 1 (loss: batch mean of weight x BCE).
 
     Returns
     -------
@@ -283,8 +298,13 @@ def train(stamps_uri, out_dir: str, cfg: TrainConfig, resume_from: str | None = 
         start_epoch = int(meta["epoch"]) + 1
         best, best_epoch, bad_epochs = meta["best_metric"], meta["best_epoch"], int(meta["bad_epochs"])
 
+    hard = None
+    if hard_negatives:
+        shape = stamp_shape(stamps_uri)
+        hard = HardNegativeSet(hard_negatives, hard_neg_weight, shape)
     out = _Outputs(out_dir)
     out.write_json("train_config.json", {"train": cfg.to_dict(), "stamps": stamps_uri, "rows": rows,
+                                         "hard_negatives": hard.summary() if hard else None,
                                          "device": str(device), "resumed_from": resume_from,
                                          "torch_version": str(torch.__version__)})
     print(f"train: {rows['train']['n_ok']} train rows ({rows['train']['n_rejected']} rejected, skipped), "
@@ -304,6 +324,7 @@ def train(stamps_uri, out_dir: str, cfg: TrainConfig, resume_from: str | None = 
         model.train()
         loader.dataset.set_epoch(epoch)
         loss_sum, n_seen, steps = 0.0, 0, 0
+        hard_steps = hard.epoch_batches(epoch, steps_per_epoch, cfg.seed) if hard else None
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}", disable=not progress, leave=False)
         for batch in bar:
             if steps >= steps_per_epoch:
@@ -313,9 +334,12 @@ def train(stamps_uri, out_dir: str, cfg: TrainConfig, resume_from: str | None = 
             x, y = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
             if "dihedral_op" in batch:  # the reader's drawn flips/rotations, applied on the device
                 x = dihedral_torch(x, batch["dihedral_op"])
+            w = None
+            if hard is not None and len(hard_steps[steps]):
+                x, y, w = _with_hard_negatives(x, y, hard, hard_steps[steps], epoch, steps, cfg, device)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, enabled=amp):
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y, weight=w)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
@@ -367,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps-per-epoch", type=int, help="override max_steps_per_epoch")
     p.add_argument("--num-workers", type=int, help="override num_workers (reader processes)")
     p.add_argument("--resume", help="checkpoint (last.pt) to resume from")
+    p.add_argument("--hard-negatives", help="host/anchor dataset of real hard negatives, mixed in as label 0")
+    p.add_argument("--hard-neg-weight", type=float, default=1.0,
+                   help="multiplies each hard negative's source weight (model_fp 3, ring 2, merger 1.5); seed: 5")
     p.add_argument("--device", choices=DEVICES, help="override device (auto: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     return p
@@ -381,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"dhs train: {e}", file=sys.stderr)
         return 2
-    summary = train(args.stamps, args.out, cfg, resume_from=args.resume, progress=not args.no_progress)
+    summary = train(args.stamps, args.out, cfg, resume_from=args.resume, progress=not args.no_progress,
+                    hard_negatives=args.hard_negatives, hard_neg_weight=args.hard_neg_weight)
     print(f"train: best {cfg.early_stopping_metric} {summary['best_metric']} at epoch {summary['best_epoch']}; "
           f"checkpoints in {args.out}")
     return 0
