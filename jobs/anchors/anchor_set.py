@@ -106,6 +106,20 @@ def write_anchor_set(table: pa.Table, rejects: list[dict], out_uri: str, config:
                                      extra={"n_label_1": labels.count(1), "n_label_0": labels.count(0)})
 
 
+def dr10_candidate_rows(shared_data_dir, size_pix: int = 64) -> list[dict]:
+    """ANCHOR_SCHEMA rows of the 6 real DR10 grade-B lens-candidate cutouts (label 1, class candidate)."""
+    rows = []
+    local = LocalCutoutFolder(os.path.join(str(shared_data_dir), "dr10", "cutouts"), match_radius_arcsec=0.5)
+    for path, ra, dec in zip(local.paths, local.ra, local.dec, strict=True):
+        with np.load(path, allow_pickle=False) as d:
+            name, grade = str(d["meta_galaxy_id"]), str(d["meta_tier"]) if "meta_tier" in d.files else None
+            brick = str(d["meta_brickname"]) if "meta_brickname" in d.files else None
+        meta = {"name": name, "ra": float(ra), "dec": float(dec), "class": "candidate", "grade": grade,
+                "source_catalog": "dr10_grade_b_cutouts", "brickname": brick}
+        rows.append(anchor_row(meta, local.fetch(ra, dec, size_pix)))
+    return rows
+
+
 def build_default_anchor_set(shared_data_dir, out_uri: str, size_pix: int = 64, overwrite: bool = False) -> dict:
     """The embedded anchor set from the shared real data; returns the manifest.
 
@@ -115,15 +129,7 @@ def build_default_anchor_set(shared_data_dir, out_uri: str, size_pix: int = 64, 
     """
     t0 = time.perf_counter()
     root = str(shared_data_dir)
-    rows, rejects = [], []
-    local = LocalCutoutFolder(os.path.join(root, "dr10", "cutouts"), match_radius_arcsec=0.5)
-    for path, ra, dec in zip(local.paths, local.ra, local.dec, strict=True):
-        with np.load(path, allow_pickle=False) as d:
-            name, grade = str(d["meta_galaxy_id"]), str(d["meta_tier"]) if "meta_tier" in d.files else None
-            brick = str(d["meta_brickname"]) if "meta_brickname" in d.files else None
-        meta = {"name": name, "ra": float(ra), "dec": float(dec), "class": "candidate", "grade": grade,
-                "source_catalog": "dr10_grade_b_cutouts", "brickname": brick}
-        rows.append(anchor_row(meta, local.fetch(ra, dec, size_pix)))
+    rows, rejects = dr10_candidate_rows(root, size_pix), []
     for meta, cut in des_lrg_host_cutouts(os.path.join(root, "des", "lrg_hosts"), size_pix):
         rows.append(anchor_row(meta, cut))
     zoo = LocalCutoutFolder(os.path.join(root, "decals", "zooniverse_examples"), match_radius_arcsec=0.5)

@@ -1,11 +1,17 @@
-"""The whole chain on the embedded synthetic sky, offline, on one machine.
+"""The whole chain on real pixels and the embedded synthetic sky, offline, on one machine.
 
     dhs demo --out DIR
 
-sky -> 4a manifest -> 4c inject (uber mix) -> train (CPU) -> score -> evaluate -> report.
-Leaves ``DIR/sky``, ``DIR/manifest``, ``DIR/stamps``, ``DIR/model``, ``DIR/scores`` and
-``DIR/report`` (open ``DIR/report/report.html``). Real DR10 lens-candidate cutouts from the
-shared data folder (``$DHS_SHARED_DATA``) are scored as the anchor set when present.
+sky -> 4a -> 4c (uber mix) on the synthetic sky, and, from every real galaxy cutout of the shared
+data folder (``$DHS_SHARED_DATA``, :mod:`jobs.experiments.real_hosts`): real hosts split by object
+into injection hosts, hard negatives and never-seen test negatives -> 4a -> 4c into the real hosts
+-> train (CPU) on both, with the hard negatives -> score -> evaluate -> report -> realism.
+
+The headline is measured on real pixels the model never saw: at the operating threshold (FPR 1e-2
+on the synthetic negatives), the fraction of real non-lenses called lenses, the fraction of the
+real lens candidates found, and the AUC of real lenses against real non-lenses. Leaves
+``DIR/{sky,manifest,stamps,real,model,scores,real_eval,real_eval_scores,report,realism}`` and
+``DIR/headline.json``.
 """
 
 from __future__ import annotations
@@ -26,63 +32,120 @@ def _step(name: str):
 
 DEMO_TRAIN = {"epochs": 8, "batch_size": 64, "lr": 3e-3, "num_workers": 0, "device": "cpu",
               "early_stopping_patience": 3, "seed": 0}
+#: Object roles of the real galaxies (train host, val host, hard negative, test negative).
+REAL_ROLE_PROBS = (0.4, 0.1, 0.2, 0.3)
+#: Replicates per real injection host and Einstein radius: few real hosts, each used more often.
+REAL_HOST_REPLICATES = 12
+HARD_NEG_WEIGHT = 5.0   # seed 004, Stage 3
 
 
-def build_anchors(out: Path, shared: Path) -> str | None:
-    """The real anchor set from the shared data folder, or None (said plainly) when it is absent."""
+def build_real_set(out: Path, shared: Path, partitions: int, spark, overrides: dict | None) -> dict:
+    """Real hosts -> object roles -> 4a / 4c into the injection hosts; the never-seen evaluation set.
+
+    Returns {} (said plainly) when the real data folder is absent.
+    """
     if not shared.is_dir():
-        print(f"anchor set: no real data folder at {shared} (set DHS_SHARED_DATA): the anchor gate will not run",
+        print(f"real set: no real data folder at {shared} (set DHS_SHARED_DATA): synthetic sky only",
               file=sys.stderr)
-        return None
-    from jobs.anchors.anchor_set import build_default_anchor_set
+        return {}
+    from jobs.experiments.real_hosts import build_real_eval_set, build_real_hosts, split_real_objects
+    from jobs.stages import inject, manifest
 
-    uri = str(out / "anchors")
-    build_default_anchor_set(str(shared), uri, overwrite=True)
-    return uri
+    real = out / "real"
+    t = _step("real hosts from every real galaxy cutout")
+    table = build_real_hosts(shared, real / "hosts")
+    roles = split_real_objects(table, REAL_ROLE_PROBS, real)
+    print(f"real hosts: {table.num_rows} galaxies; objects per role {roles['objects_per_role']} "
+          f"in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    uris = roles["uris"]
+    build_real_eval_set(shared, uris["test_negatives"], str(out / "real_eval"))
+    cfg = load_config("demo", {**(overrides or {}), "n_replicates": REAL_HOST_REPLICATES})
+    _step("4a manifest + 4c inject into the real hosts")
+    manifest.run(None, cfg, str(real / "manifest"), partitions, overwrite=True, spark=spark,
+                 hosts_uri=uris["injection_hosts"])
+    inject.run(str(real / "manifest"), None, str(real / "stamps"), partitions, overwrite=True, spark=spark,
+               hosts_uri=uris["injection_hosts"])
+    return {"real_stamps": real / "stamps", "hardneg": uris["hardneg"], "real_eval": out / "real_eval",
+            "objects_per_role": roles["objects_per_role"]}
+
+
+def real_headline(eval_scores_uri: str, threshold: float) -> dict:
+    """Contamination of the never-seen real non-lenses and recall of the real lenses at ``threshold``, and their AUC."""
+    import numpy as np
+
+    from dhs_gen.metrics import bootstrap_ci, roc_auc
+    from jobs.runtime import outputs, storage
+
+    t = storage.read_parquet(outputs.dataset_files(eval_scores_uri)).to_pylist()
+    rows = [r for r in t if r["score"] is not None]
+    s = np.array([r["score"] for r in rows], float)
+    y = np.array([r["label"] for r in rows], int)
+    neg, pos = s[y == 0], s[y == 1]
+    auc = bootstrap_ci(roc_auc, s, y, n_boot=1000, seed=0) if len(neg) and len(pos) else None
+    return {"threshold": threshold, "n_real_nonlenses": int(neg.size), "n_real_lenses": int(pos.size),
+            "contamination": float(np.mean(neg >= threshold)) if neg.size else None,
+            "n_contaminated": int(np.sum(neg >= threshold)),
+            "recall": float(np.mean(pos >= threshold)) if pos.size else None, "n_recovered": int(np.sum(pos >= threshold)),
+            "auc_real": None if auc is None else auc.estimate,
+            "auc_real_ci95": None if auc is None else [auc.lo, auc.hi], "n_unscored": len(t) - len(rows)}
 
 
 def train_and_evaluate(out: Path, paths: dict, epochs: int, spark, shared: Path) -> dict:
-    """train -> score (stamps, anchors) -> evaluate -> realism; returns the headline numbers."""
+    """train (stamps + real-host stamps + hard negatives) -> score -> evaluate -> real headline -> realism."""
     from jobs.evaluation import evaluate, score
     from jobs.training import train
 
     t = _step("train (CPU)")
     cfg = train.load_train_config("demo", {**DEMO_TRAIN, "epochs": epochs})
     model_dir = out / "model"
-    train.train(str(paths["stamps"]), str(model_dir), cfg)
+    stamps = [str(paths["stamps"])] + ([str(paths["real_stamps"])] if "real_stamps" in paths else [])
+    train.train(stamps, str(model_dir), cfg, hard_negatives=str(paths["hardneg"]) if "hardneg" in paths else None,
+                hard_neg_weight=HARD_NEG_WEIGHT)
     print(f"trained in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     ckpt = str(model_dir / "best.pt")
 
     _step("score")
     scores = str(out / "scores")
     score.run(ckpt, str(paths["stamps"]), scores, overwrite=True, spark=spark)
-    anchors = build_anchors(out, shared)
-    anchor_scores = None
-    if anchors:
-        anchor_scores = str(out / "anchor_scores")
-        score.run(ckpt, anchors, anchor_scores, overwrite=True, spark=spark)
+    eval_scores = None
+    if "real_eval" in paths:
+        eval_scores = str(out / "real_eval_scores")
+        score.run(ckpt, str(paths["real_eval"]), eval_scores, overwrite=True, spark=spark)
 
     _step("evaluate")
     report = out / "report"
     argv = ["--scores", scores, "--out", str(report), "--stamps", str(paths["stamps"]), "--checkpoint", ckpt,
             "--n-boot", "200"]
-    if anchor_scores:
-        argv += ["--anchor-scores", anchor_scores]
+    if eval_scores:
+        argv += ["--anchor-scores", eval_scores]
     evaluate.main(argv)
     metrics = json.loads((report / "metrics.json").read_text())
-    headline = {"auc_test": metrics.get("auc"), "report": str(report / "report.html")}
-    print(f"\nsynthetic test AUC = {metrics.get('auc'):.3f}; report: {report / 'report.html'}", file=sys.stderr)
-    gate = metrics.get("anchor_gate", {})
-    if gate.get("available") is False:
-        print(f"anchor gate: not run ({gate.get('reason')})", file=sys.stderr)
+    headline = {"auc_test_synthetic": metrics.get("auc"), "report": str(report / "report.html"),
+                "operating_point": metrics.get("operating_point")}
+    if eval_scores:
+        thr = metrics["operating_point"]["threshold"]
+        headline["real"] = real_headline(eval_scores, thr)
+        headline["real"]["objects_per_role"] = paths["objects_per_role"]
+        r = headline["real"]
+        print(f"\nreal pixels never seen in training (operating threshold {thr:.3f}: FPR "
+              f"{metrics['operating_point']['fpr_target']:g} on the synthetic negatives):\n"
+              f"  contamination of real non-lenses  {r['n_contaminated']}/{r['n_real_nonlenses']} = {r['contamination']:.2f}\n"
+              f"  recall of real lens candidates     {r['n_recovered']}/{r['n_real_lenses']} = {r['recall']:.2f}\n"
+              f"  AUC real lenses vs real non-lenses {r['auc_real']:.3f} [{r['auc_real_ci95'][0]:.3f}, "
+              f"{r['auc_real_ci95'][1]:.3f}]", file=sys.stderr)
+    print(f"synthetic test AUC = {metrics.get('auc'):.3f}; report: {report / 'report.html'}", file=sys.stderr)
 
     _step("realism gates")
     from jobs.evaluation.realism import headline as realism_headline
     from jobs.evaluation.realism import run_realism
 
-    realism = run_realism(str(paths["stamps"]), anchors, str(out / "realism"), checkpoint=ckpt, shared_data_dir=shared)
+    realism_stamps = str(paths.get("real_stamps", paths["stamps"]))
+    realism = run_realism(realism_stamps, str(paths["real_eval"]) if "real_eval" in paths else None,
+                          str(out / "realism"), checkpoint=ckpt, shared_data_dir=shared)
     print(realism_headline(realism), file=sys.stderr)
-    headline["realism"] = {"domain_auc": realism.get("domain_auc"), "all_pass": realism.get("all_pass")}
+    headline["realism"] = {"stamps": realism_stamps, "domain_auc": realism.get("domain_auc"),
+                           "all_pass": realism.get("all_pass")}
+    (out / "headline.json").write_text(json.dumps(headline, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return headline
 
 
@@ -151,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         _step("source banks from the real data")
         overrides = build_banks(out, shared_data_dir())
         paths = run_pipeline(out, args.n_bricks, args.n_lrg, args.partitions, spark, overrides=overrides)
+        paths.update(build_real_set(out, shared_data_dir(), args.partitions, spark, overrides))
         if not args.skip_train:
             train_and_evaluate(out, paths, args.epochs, spark, shared_data_dir())
     finally:

@@ -121,6 +121,7 @@ HOST_SCHEMA = pa.schema([
     ("host_type", pa.string()),
     ("hardneg_source", pa.string()),    # from a `dhs hardneg collect` catalog: model_fp | ring | merger
     ("weight", pa.float64()),           # that source's training weight (dhs train --hard-negatives)
+    ("split", pa.string()),             # train | val | test fixed per object (else 4a splits by brick)
     ("image", pa.binary()),             # float32 (3, H, W) g, r, z nanomaggies per 0.262" pixel
     ("invvar", pa.binary()),            # float32 (3, H, W), 1/nanomaggies^2
     ("maskbits", pa.binary()),          # int32 (H, W) DR10 maskbits; null when the source has none

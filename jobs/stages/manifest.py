@@ -11,7 +11,7 @@ identical across generations.
     dhs manifest --hosts HOSTS --config gen7 --out MANIFEST      # a host dataset of `dhs hosts build`
 
 With ``--hosts`` the tasks are planned over the host rows (their ``host_id``, position and brick;
-hosts without a position are split by their own id instead of a brick).
+a host row's own ``split`` wins; hosts without a position are split by their own id instead of a brick).
 """
 
 from __future__ import annotations
@@ -62,17 +62,15 @@ def read_parent_sample(uri: str, max_hosts: int | None = None) -> pa.Table:
 
 
 HOST_COLUMNS = ["host_id", "ra", "dec", "brickname", "host_flux_g_nmgy", "host_flux_r_nmgy", "host_flux_z_nmgy",
-                "host_type"]
+                "host_type", "split"]
 
 
 def read_hosts(uri: str, max_hosts: int | None = None) -> pa.Table:
     """The host rows of a ``dhs hosts build`` dataset, without their pixels (what 4a plans over)."""
     m = outputs.require_input(uri, stage="hosts")
     files = outputs.dataset_files(uri)
-    table = storage.read_parquet(files, columns=HOST_COLUMNS) if files else pa.table(
-        {c: pa.array([], pa.string() if c in ("host_id", "brickname", "host_type") else pa.float64())
-         for c in HOST_COLUMNS})
-    if table.num_rows == 0:
+    table = storage.read_parquet(files, columns=HOST_COLUMNS) if files else None
+    if table is None or table.num_rows == 0:
         raise ConfigError("hosts", uri, f"the host dataset has no hosts ({m.get('rows_rejected', 0)} rejected)")
     return table.slice(0, max_hosts) if max_hosts else table
 
@@ -127,8 +125,9 @@ def draw_pair_params(pair_id: str, theta_e: float, cfg: ExperimentConfig) -> dic
 def plan_host(host: dict, cfg: ExperimentConfig, config_hash: str) -> list[dict]:
     """All manifest rows of one host (pure; what each Spark task runs per parent row)."""
     hid = host.get("host_id") or host_id(host["brickname"], host["ra"], host["dec"])
-    # hosts without a position (cutouts with no WCS) have no brick: their own id keeps the split stable
-    split = split_for_brick(host["brickname"] or hid, cfg.split_fractions)
+    # a host set may fix each object's split (object-disjoint real sets); else by brick, and hosts
+    # without a position (cutouts with no WCS) by their own id
+    split = host.get("split") or split_for_brick(host["brickname"] or hid, cfg.split_fractions)
     # Unpaired controls (Gen5): a host is either an injection host or a control host.
     host_is_control = (not cfg.paired_controls) and categorical_from_hash(hid, [0.5, 0.5], salt="control_host") == 1
     rows = []

@@ -283,13 +283,3 @@ def test_cli_build_and_metrics(shared_data, tmp_path, capsys):
     pq.write_table(pa.table({"score": [0.9, 0.1], "label": [1, 0], "class": ["known_lens", "other"]}), scores)
     assert cli.main(["anchors", "metrics", "--scores", str(scores)]) == 0
     assert json.loads(capsys.readouterr().out)["passes_anchor_gate"] is True
-
-
-def test_demo_rebuilds_its_anchor_set_in_place(shared_data, tmp_path):
-    """``make demo`` twice in the same folder: the second run replaces the anchor set."""
-    from jobs.experiments.demo import build_anchors
-
-    first = build_anchors(tmp_path, shared_data)
-    again = build_anchors(tmp_path, shared_data)
-    assert first == again == str(tmp_path / "anchors")
-    assert outputs.read_manifest(again)["rows_written"] == 57
