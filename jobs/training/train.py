@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dhs_gen.errors import ConfigError, check_config_range
+from dhs_gen.errors import ConfigError, InvalidValueError, check_config_range
 from dhs_gen.json_values import json_safe
 from dhs_gen.metrics import roc_auc
 from jobs.runtime.storage import is_s3, resolve
+from jobs.training.calibration import fit_temperature, mean_bce
 from jobs.training.hard_negatives import HardNegativeSet
 from jobs.training.model import ModelConfig, build_model, load_checkpoint, save_checkpoint
 from jobs.training.preprocess import dihedral_torch
@@ -176,22 +177,41 @@ class WarmupCosine:
 
 
 @torch.no_grad()
+def val_logits(model: torch.nn.Module, loader, device: torch.device, amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) of ``model`` over every batch of ``loader``, float64 arrays."""
+    model.eval()
+    scores, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            x, y = batch["image"].to(device, non_blocking=True), batch["label"]
+            with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+                scores.append(model(x).float().cpu().numpy())
+            labels.append(y.numpy())
+    if not labels:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(scores).astype(float), np.concatenate(labels).astype(float)
+
+
 def evaluate(model: torch.nn.Module, loader, device: torch.device, amp: bool = False) -> dict:
     """Validation loss (mean BCE) and AUC of ``model`` over ``loader``; NaN when undefined."""
-    model.eval()
-    scores, labels, loss_sum = [], [], 0.0
-    for batch in loader:
-        x, y = batch["image"].to(device, non_blocking=True), batch["label"].to(device)
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-            logits = model(x).float()
-        loss_sum += torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum").item()
-        scores.append(logits.cpu().numpy())
-        labels.append(y.cpu().numpy())
-    if not labels:
+    s, y = val_logits(model, loader, device, amp)
+    if not len(y):
         return {"val_loss": float("nan"), "val_auc": float("nan"), "n_val": 0}
-    s, y = np.concatenate(scores), np.concatenate(labels)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(s), torch.from_numpy(y)).item()
     auc = roc_auc(s, y) if 0 < y.sum() < len(y) else float("nan")
-    return {"val_loss": loss_sum / len(y), "val_auc": float(auc), "n_val": int(len(y))}
+    return {"val_loss": loss, "val_auc": float(auc), "n_val": int(len(y))}
+
+
+def calibrate(model: torch.nn.Module, loader, device: torch.device, amp: bool = False) -> dict:
+    """Temperature scaling on the validation split: ``{temperature, n_val, val_bce_before, val_bce_after}``
+    (``temperature`` None, with the reason, when it cannot be fitted: no validation rows or one class)."""
+    logits, labels = val_logits(model, loader, device, amp)
+    try:
+        t = fit_temperature(logits, labels)
+    except InvalidValueError as err:
+        return {"temperature": None, "n_val": int(len(labels)), "reason": str(err)}
+    return {"temperature": t, "n_val": int(len(labels)), "val_bce_before": mean_bce(logits, labels, 1.0),
+            "val_bce_after": mean_bce(logits, labels, t)}
 
 
 def _improved(metric: str, value: float, best: float | None) -> bool:
@@ -283,6 +303,7 @@ def train(stamps_uri, out_dir: str, cfg: TrainConfig, resume_from: str | None = 
                                                                 cfg.schedule))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     history: list[dict] = []
+    best_extra = None   # what best.pt was saved with, to re-save it with its temperature at the end
     start_epoch, best, best_epoch, bad_epochs = 0, None, None, 0
     if resume_from:
         saved, meta = load_checkpoint(resume_from, map_location="cpu")
@@ -371,13 +392,24 @@ def train(stamps_uri, out_dir: str, cfg: TrainConfig, resume_from: str | None = 
         if is_best or best is None:
             save_checkpoint(out.path("best.pt"), model, cfg.model, cfg.to_dict(), extra)
             out.publish("best.pt")
+            best_extra = extra
         out.write_json("history.json", history)
         print(f"train: epoch {epoch + 1}/{cfg.epochs} loss {entry['train_loss']:.4f} val_loss "
               f"{metrics['val_loss']:.4f} val_auc {metrics['val_auc']:.4f} lr {entry['lr']:.2e} "
               f"{entry['seconds']:.1f}s{' *best*' if is_best else ''}", flush=True)
+    calibration = None
+    if best_extra is not None:
+        # scores of the best model mean even odds at 0.5: its temperature, fitted on the validation split
+        best_model, _ = load_checkpoint(out.path("best.pt"), map_location=device)
+        calibration = calibrate(best_model, val_loader, device, amp)
+        save_checkpoint(out.path("best.pt"), best_model, cfg.model, cfg.to_dict(),
+                        {**best_extra, "temperature": calibration["temperature"], "calibration": calibration})
+        out.publish("best.pt")
+        out.write_json("calibration.json", calibration)
+        print(f"train: temperature {calibration['temperature']} fitted on {calibration['n_val']} val rows", flush=True)
     return {"best_metric": best, "best_epoch": best_epoch, "epochs_run": len(history), "stopped_early": stopped_early,
             "history": history, "best_checkpoint": out.uri("best.pt"), "last_checkpoint": out.uri("last.pt"),
-            "rows": rows}
+            "rows": rows, "calibration": calibration}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -178,3 +178,20 @@ def test_cli(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
+
+
+def test_best_checkpoint_carries_the_validation_temperature(tiny, tmp_path):
+    from jobs.training.calibration import checkpoint_temperature, fit_temperature
+    from jobs.training.reader import make_loader
+    from jobs.training.train import val_logits
+
+    cfg = TrainConfig(epochs=2, seed=1, max_steps_per_epoch=3, device="cpu", **FAST)
+    summary = train(tiny, str(tmp_path / "m"), cfg, progress=False)
+    model, meta = load_checkpoint(str(tmp_path / "m" / "best.pt"))
+    t = checkpoint_temperature(meta)
+    assert t is not None and t == summary["calibration"]["temperature"]
+    # the oracle: the same fit on the best model's own validation logits
+    logits, labels = val_logits(model, make_loader(tiny, "val", 64, 0, cfg.seed, 0), torch.device("cpu"))
+    assert t == pytest.approx(fit_temperature(logits, labels), rel=1e-9)
+    calib = json.loads((tmp_path / "m" / "calibration.json").read_text())
+    assert calib["val_bce_after"] <= calib["val_bce_before"] + 1e-12
