@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from dhs_gen.errors import DhsError
+
 # name -> (module, one-line description). Keep sorted by pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "sky": ("jobs.stages.sky", "write the embedded synthetic sky in the DR10 coadd layout"),
@@ -45,7 +47,11 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user error (a :class:`DhsError`, a missing file) is one ``error:`` line and exit 2;
+    ``--debug`` anywhere on the line shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -57,7 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, _, func = COMMANDS[name][0].partition(":")
     entry = getattr(importlib.import_module(module_name), func or "main")
-    return int(entry(rest) or 0)
+    try:
+        return int(entry(rest) or 0)
+    except (DhsError, FileNotFoundError, FileExistsError, PermissionError) as err:
+        if debug:
+            raise
+        print(f"error: {err} (dhs {name}; add --debug for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,3 +22,33 @@ def test_top_level_help_lists_every_command(capsys):
 def test_unknown_command_names_the_choices(capsys):
     assert cli.main(["injekt"]) == 2
     assert "inject" in capsys.readouterr().err
+
+
+MISSING = "/nonexistent/dhs-input"
+
+
+@pytest.mark.parametrize("argv", [
+    ["manifest", "--parent", f"{MISSING}.parquet", "--config", "demo", "--out", "{tmp}/o"],
+    ["manifest", "--hosts", MISSING, "--config", "demo", "--out", "{tmp}/o"],
+    ["inject", "--manifest", MISSING, "--coadds", MISSING, "--out", "{tmp}/o"],
+    ["inject", "--manifest", MISSING, "--hosts", MISSING, "--out", "{tmp}/o"],
+    ["train", "--stamps", MISSING, "--out", "{tmp}/o"],
+    ["score", "--checkpoint", f"{MISSING}.pt", "--input", MISSING, "--out", "{tmp}/o"],
+    ["evaluate", "--scores", MISSING, "--out", "{tmp}/o"],
+    ["hosts", "build", "--cutouts", "local:/nonexistent", "--catalog", f"{MISSING}.csv", "--out", "{tmp}/o"],
+    ["cutout-cache", "--catalog", f"{MISSING}.csv", "--dest", "{tmp}/o", "--no-progress"],
+    ["anchors", "metrics", "--scores", f"{MISSING}.parquet"],
+    ["completeness", "--scores", MISSING, "--out", "{tmp}/o", "--fpr", "0.01"],
+    ["realism", "--stamps", MISSING, "--out", "{tmp}/o"],
+])
+def test_a_missing_input_is_one_error_line_and_exit_2(argv, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert "Traceback" not in err[0] and not (tmp_path / "o").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(Exception, match="_manifest.json"):
+        cli.main(["train", "--stamps", MISSING, "--out", str(tmp_path / "o"), "--debug"])

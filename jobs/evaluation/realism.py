@@ -268,10 +268,10 @@ def run_realism(stamps_uri: str, anchors_uri_or_none: str | None, out_dir: str, 
         Also write ``realism.html`` with the gallery and histograms.
     """
     shared = Path(shared_data_dir) if shared_data_dir is not None else default_shared_data_dir()
-    storage.makedirs(out_dir)
     inj_rows, ctl_rows = load_injected(stamps_uri)
     if not inj_rows:
         raise InvalidValueError("stamps", stamps_uri, "must hold injected rows with cutout_ok = 1")
+    storage.makedirs(out_dir)   # only once the inputs are known to be there
     size = int(inj_rows[0]["image_shape"][-1])
     anchors = load_anchors(anchors_uri_or_none, shared, work_dir=out_dir, size_pix=size)
     real_rows = [a for a in anchors if int(a["label"]) == 1 and min(a["image"].shape[1:]) >= size]
