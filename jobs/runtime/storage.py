@@ -32,6 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dhs_gen.errors import InvalidValueError
+from dhs_gen.json_values import json_safe
 
 #: Rows per record batch in :func:`iter_parquet_batches` (a few MB of stamps).
 DEFAULT_BATCH_ROWS = 1024
@@ -266,7 +267,7 @@ def json_default(value):
     """``json.dumps`` fallback: numpy scalars/arrays via ``tolist()``, paths as strings."""
     # numpy scalars and arrays (row counts, timings) and paths appear in manifests.
     if hasattr(value, "tolist"):
-        return value.tolist()
+        return json_safe(value.tolist())
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
@@ -288,8 +289,8 @@ def read_json(uri):
 
 
 def write_json(uri, obj, indent: int = 2) -> None:
-    """Write ``obj`` as UTF-8 JSON (sorted keys, numpy values converted), atomically."""
-    text = json.dumps(obj, indent=indent, sort_keys=True, default=json_default, allow_nan=True)
+    """Write ``obj`` as strict UTF-8 JSON (sorted keys, numpy values converted, NaN / inf as null), atomically."""
+    text = json.dumps(json_safe(obj), indent=indent, sort_keys=True, default=json_default, allow_nan=False)
     write_bytes(uri, (text + "\n").encode("utf-8"))
 
 

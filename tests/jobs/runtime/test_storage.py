@@ -211,3 +211,18 @@ def test_stamp_parquet_options_give_every_nested_column_a_codec(tmp_path):
     codecs = {rg.column(j).path_in_schema: rg.column(j).compression for j in range(rg.num_columns)}
     assert codecs.pop("image") == "UNCOMPRESSED"
     assert len(codecs) == 5 and set(codecs.values()) == {"ZSTD"}, codecs
+
+
+def test_json_is_strict_nan_and_inf_become_null(tmp_path):
+    import json as _json
+    import math as _math
+
+    import numpy as _np
+
+    from jobs.runtime import storage as _storage
+
+    uri = str(tmp_path / "x.json")
+    _storage.write_json(uri, {"a": _math.nan, "b": [1.0, _math.inf], "c": _np.array([0.5, _np.nan]), "d": _np.float32(2)})
+    text = (tmp_path / "x.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert _json.loads(text) == {"a": None, "b": [1.0, None], "c": [0.5, None], "d": 2.0}
