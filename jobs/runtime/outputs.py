@@ -214,8 +214,26 @@ def _part_files(out_uri: str) -> list[str]:
     return [u for u in storage.list_files(out_uri, suffix=".parquet") if u.rsplit("/", 1)[-1].startswith("part-")]
 
 
-def prepare_output(out_uri: str, overwrite: bool) -> None:
-    """Make sure a stage may write ``out_uri``: refuse an existing dataset unless ``overwrite``.
+def _norm(uri: str) -> str:
+    text = str(uri).rstrip("/")
+    return text if storage.is_s3(text) else os.path.abspath(text)
+
+
+def refuse_overlap(out_uri: str, inputs) -> None:
+    """Raise before anything is touched when ``out_uri`` is, contains or lies inside one of ``inputs``."""
+    out = _norm(out_uri)
+    for inp in inputs:
+        if not inp:
+            continue
+        i = _norm(inp)
+        if out == i or i.startswith(out + "/") or out.startswith(i + "/"):
+            raise InvalidValueError("out", str(out_uri), f"is, contains or lies inside the input {inp}: "
+                                    "an output may not replace what it reads; choose another --out")
+
+
+def prepare_output(out_uri: str, overwrite: bool, inputs=()) -> None:
+    """Make sure a stage may write ``out_uri``: refuse an existing dataset unless ``overwrite``, and any
+    ``out_uri`` that overlaps one of ``inputs`` (:func:`refuse_overlap`), before anything is deleted.
 
     With ``overwrite`` only what a stage writes is deleted (``_manifest.json`` first, so the old
     dataset stops counting as complete, then ``part-*.parquet`` and ``_attempts/``); other files in
@@ -226,6 +244,7 @@ def prepare_output(out_uri: str, overwrite: bool) -> None:
     OutputExistsError
         ``out_uri`` holds a ``_manifest.json`` or part files and ``overwrite`` is False.
     """
+    refuse_overlap(out_uri, inputs)
     manifest_uri = storage.join(out_uri, MANIFEST_NAME)
     if storage.exists(out_uri) and not storage.is_dir(out_uri):
         raise OutputExistsError(str(out_uri), "a file (an output must be a directory)")
@@ -404,7 +423,7 @@ def write_single_part(stage: str, table: pa.Table, rejects: list[dict], out_uri:
     """
     from jobs.runtime.schema import REJECT_SCHEMA
 
-    prepare_output(out_uri, overwrite)
+    prepare_output(out_uri, overwrite, [v for v in inputs.values() if isinstance(v, str)])
     by_reason: dict[str, int] = {}
     for r in rejects:
         by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1

@@ -167,7 +167,7 @@ def run(manifest_uri: str, coadds_uri: str | None, out_uri: str, partitions: int
         outputs.require_input(hosts_uri, stage="hosts")
     cfg = config_from_dict(m["config"])          # validated on the driver, before any task runs
     open_banks(cfg)                              # a wrong bank path fails here, not on executors
-    outputs.prepare_output(out_uri, overwrite)
+    outputs.prepare_output(out_uri, overwrite, (manifest_uri, coadds_uri, hosts_uri))
     coadd_root = resolve_coadd_root(coadds_uri) if coadds_uri else None
     git_sha = outputs.git_sha()
     spark = spark or get_spark("dhs-4c-inject")

@@ -173,7 +173,7 @@ def run(parent_uri: str | None, cfg: ExperimentConfig, out_uri: str, partitions:
 
     t0 = time.perf_counter()
     hosts = read_hosts(hosts_uri, cfg.max_hosts) if hosts_uri else read_parent_sample(parent_uri, cfg.max_hosts)
-    outputs.prepare_output(out_uri, overwrite)
+    outputs.prepare_output(out_uri, overwrite, (parent_uri, hosts_uri))
     spark = spark or get_spark("dhs-4a-manifest")
     df = spark.createDataFrame(hosts.to_pandas()).repartition(partitions)
     config_hash = cfg.config_hash()

@@ -19,6 +19,7 @@ import pytest
 from support import REPO_ROOT
 
 import dhs_gen
+from dhs_gen.errors import InvalidValueError
 from jobs.runtime import outputs, storage
 
 REPO = REPO_ROOT
@@ -228,3 +229,13 @@ def test_attempts_written_by_spark_tasks_commit_once(spark, tmp_path):
     assert sorted(p.name for p in Path(out).iterdir()) == ["_manifest.json"] + final["files"]
     with pytest.raises(RuntimeError, match="inside a Spark task"):
         outputs.task_attempt()
+
+
+@pytest.mark.parametrize("out, inp", [("x", "x"), ("x", "x/part"), ("x/sub", "x"), ("x/", "x")])
+def test_an_output_overlapping_an_input_is_refused_before_anything_is_deleted(tmp_path, out, inp):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / outputs.MANIFEST_NAME).write_text("{}")
+    with pytest.raises(InvalidValueError, match="lies inside the input"):
+        outputs.prepare_output(str(tmp_path / out), overwrite=True, inputs=[str(tmp_path / inp)])
+    assert (tmp_path / "x" / outputs.MANIFEST_NAME).exists()
+    outputs.prepare_output(str(tmp_path / "y"), overwrite=True, inputs=[str(tmp_path / "x")])   # a sibling is fine
