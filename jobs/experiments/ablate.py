@@ -129,7 +129,7 @@ def write_test_split(stamps_uri: str, out_uri: str) -> dict:
 
     from jobs.runtime import outputs
 
-    outputs.prepare_output(out_uri, overwrite=True)
+    outputs.prepare_output(out_uri, overwrite=True, inputs=[stamps_uri])
     run_id, reports, n = "testsplit", [], 0
     for i, uri in enumerate(outputs.dataset_files(stamps_uri)):
         fs, path = storage.resolve(uri)
@@ -140,7 +140,7 @@ def write_test_split(stamps_uri: str, out_uri: str) -> dict:
         raise ConfigError("test split", stamps_uri, "holds no test rows: use more bricks (the split is by brick)")
     manifest = outputs.build_manifest("ablate_test_split", {"split": "test"}, {"stamps": stamps_uri}, n, n, 0, {},
                                       {})
-    return outputs.commit(out_uri, run_id, reports, manifest)
+    return outputs.commit(out_uri, run_id, reports, manifest, replace=True)
 
 
 # --------------------------------------------------------------------------- one variant

@@ -144,12 +144,14 @@ def _validated_reports(out_uri: str, run_id: str, reports: list[dict]) -> list[d
     return sorted(checked, key=lambda r: r["partition"])
 
 
-def commit(out_uri: str, run_id: str, reports: list[dict], manifest: dict) -> dict:
+def commit(out_uri: str, run_id: str, reports: list[dict], manifest: dict, replace: bool = False) -> dict:
     """Publish the reported attempt files as the dataset; call on the driver after every task succeeded.
 
-    Steps: check every reported file exists and holds the reported rows (Parquet footer), move each
-    to ``<out>/part-<i:05d>.parquet``, delete ``<out>/_attempts/<run_id>`` (orphans of failed attempts
-    included), then write ``<out>/_manifest.json`` last.
+    Steps: check every reported file exists and holds the reported rows (Parquet footer); with
+    ``replace``, only now retire the dataset already there (its ``_manifest.json`` first, then its
+    part files), so a run that is killed or fails before this point leaves it intact; move each
+    attempt file to ``<out>/part-<i:05d>.parquet``, delete ``<out>/_attempts`` (orphans of earlier
+    killed runs included), then write ``<out>/_manifest.json`` last.
 
     Parameters
     ----------
@@ -171,7 +173,7 @@ def commit(out_uri: str, run_id: str, reports: list[dict], manifest: dict) -> di
         The manifest as written.
     """
     run_id = _check_token("run_id", run_id)
-    if storage.exists(storage.join(out_uri, MANIFEST_NAME)):
+    if storage.exists(storage.join(out_uri, MANIFEST_NAME)) and not replace:
         raise OutputExistsError(str(out_uri), f"a committed {MANIFEST_NAME} (commit runs once per output)")
     checked = _validated_reports(out_uri, run_id, reports)
     total = sum(r["rows"] for r in checked)
@@ -190,6 +192,7 @@ def commit(out_uri: str, run_id: str, reports: list[dict], manifest: dict) -> di
         if n != r["rows"]:
             raise InvalidValueError(f"rows of partition {r['partition']}", r["rows"],
                                     f"the attempt file {r['path']} holds {n} rows")
+    retire_dataset(out_uri)
     files, file_rows = [], {}
     for r in checked:
         if r["path"] is None:
@@ -198,16 +201,22 @@ def commit(out_uri: str, run_id: str, reports: list[dict], manifest: dict) -> di
         storage.move(r["path"], storage.join(out_uri, name))
         files.append(name)
         file_rows[name] = r["rows"]
-    storage.delete_tree(storage.join(out_uri, ATTEMPTS_DIR, run_id))
-    attempts_root = storage.join(out_uri, ATTEMPTS_DIR)
-    if not storage.list_files(attempts_root, recursive=True):
-        storage.delete_tree(attempts_root)
+    storage.delete_tree(storage.join(out_uri, ATTEMPTS_DIR))   # this run's and any killed run's
     final = dict(manifest)
     final.update(files=files, file_rows=file_rows, run_id=run_id,
                  partitions={"total": len(checked), "empty": sum(1 for r in checked if r["rows"] == 0)},
                  rows_in_files=total, committed_utc=_utc_now())
     storage.write_json(storage.join(out_uri, MANIFEST_NAME), final)
     return final
+
+
+def retire_dataset(out_uri: str) -> None:
+    """Delete the committed dataset at ``out_uri``: ``_manifest.json`` first (it stops counting as
+    complete), then its part files and rejects; other files in the folder are left alone."""
+    storage.delete_file(storage.join(out_uri, MANIFEST_NAME))
+    for uri in _part_files(out_uri):
+        storage.delete_file(uri)
+    storage.delete_file(storage.join(out_uri, REJECTS_FILE))
 
 
 def _part_files(out_uri: str) -> list[str]:
@@ -235,9 +244,8 @@ def prepare_output(out_uri: str, overwrite: bool, inputs=()) -> None:
     """Make sure a stage may write ``out_uri``: refuse an existing dataset unless ``overwrite``, and any
     ``out_uri`` that overlaps one of ``inputs`` (:func:`refuse_overlap`), before anything is deleted.
 
-    With ``overwrite`` only what a stage writes is deleted (``_manifest.json`` first, so the old
-    dataset stops counting as complete, then ``part-*.parquet`` and ``_attempts/``); other files in
-    the folder are left alone.
+    With ``overwrite`` nothing is deleted here: the old dataset stays complete and readable until
+    its successor is committed (:func:`commit` with ``replace``, :func:`write_single_part`).
 
     Raises
     ------
@@ -254,10 +262,6 @@ def prepare_output(out_uri: str, overwrite: bool, inputs=()) -> None:
     if not overwrite:
         found = f"a committed dataset ({MANIFEST_NAME})" if has_manifest else f"{len(parts)} part file(s)"
         raise OutputExistsError(str(out_uri), found)
-    storage.delete_file(manifest_uri)
-    for uri in parts:
-        storage.delete_file(uri)
-    storage.delete_tree(storage.join(out_uri, ATTEMPTS_DIR))
 
 
 def _manifest_uri(uri: str) -> str:
@@ -430,6 +434,7 @@ def write_single_part(stage: str, table: pa.Table, rejects: list[dict], out_uri:
     manifest = build_manifest(stage, config, inputs, table.num_rows + len(rejects), table.num_rows, len(rejects),
                               by_reason, timings or {}, extra={**(extra or {}), "rejects_file": REJECTS_FILE})
     name = part_name(0)
+    retire_dataset(out_uri)   # the new one is built in memory: the old one goes only now
     storage.write_parquet(table, storage.join(out_uri, name))
     storage.write_parquet(pa.Table.from_pylist(rejects, REJECT_SCHEMA), storage.join(out_uri, REJECTS_FILE))
     manifest.update(files=[name], file_rows={name: table.num_rows}, rows_in_files=table.num_rows,

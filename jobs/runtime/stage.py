@@ -148,13 +148,14 @@ def summarize(reports: list[dict]) -> dict:
 
 
 def commit_stage(stage: str, out_uri: str, run_id: str, reports: list[dict], config: dict, inputs: dict,
-                 rows_in: int, timings: dict, extra: dict | None = None) -> dict:
-    """Check rows in = written + rejected, then commit the attempt files and write ``_manifest.json``."""
+                 rows_in: int, timings: dict, extra: dict | None = None, replace: bool = False) -> dict:
+    """Check rows in = written + rejected, then commit the attempt files and write ``_manifest.json``
+    (``replace``: retire the dataset already there, only now that its successor is complete)."""
     s = summarize(reports)
     manifest = outputs.build_manifest(stage, config, inputs, rows_in, s["rows_written"], s["rows_rejected"],
                                       s["rejected_by_reason"], timings, extra=extra)
     committed = [{"partition": r["partition"], "path": r["path"], "rows": r["rows"]} for r in reports]
-    return outputs.commit(out_uri, run_id, committed, manifest)
+    return outputs.commit(out_uri, run_id, committed, manifest, replace)
 
 
 def stage_parser(prog: str, doc: str):

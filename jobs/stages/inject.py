@@ -193,7 +193,7 @@ def run(manifest_uri: str, coadds_uri: str | None, out_uri: str, partitions: int
     manifest = stage.commit_stage("4c_inject", out_uri, run_id, reports, m["config"],
                                   {"manifest": manifest_uri, **({"hosts": hosts_uri} if hosts_uri else {"coadds": coadds_uri})},
                                   rows_in=m["rows_written"] + m.get("rows_rejected", 0),
-                                  timings={"total_s": seconds}, extra=extra)
+                                  timings={"total_s": seconds}, extra=extra, replace=overwrite)
     print(stage.progress_line("4c inject", summary["rows_total"], summary["rows_rejected"], seconds), file=sys.stderr)
     return manifest
 

@@ -184,7 +184,7 @@ def run(parent_uri: str | None, cfg: ExperimentConfig, out_uri: str, partitions:
     extra = {"n_hosts": hosts.num_rows, "pairs_per_host": per_host}
     inputs = {"hosts": hosts_uri} if hosts_uri else {"parent": parent_uri}
     manifest = stage.commit_stage("4a_manifest", out_uri, run_id, reports, cfg.to_dict(), inputs,
-                                  rows_in=n_rows, timings={"total_s": seconds}, extra=extra)
+                                  rows_in=n_rows, timings={"total_s": seconds}, extra=extra, replace=overwrite)
     print(stage.progress_line("4a manifest", n_rows, 0, seconds), file=sys.stderr)
     return manifest
 

@@ -112,8 +112,15 @@ def test_prepare_output_refuses_then_overwrites(out_uri):
     with pytest.raises(outputs.OutputExistsError, match="commit runs once"):
         outputs.commit(out_uri, "r", [], _manifest(0))
 
+    # overwrite deletes nothing up front: the old dataset stays complete until its successor commits,
+    # and then only what a stage writes is replaced (README.txt is not ours)
     outputs.prepare_output(out_uri, overwrite=True)
-    assert storage.list_files(out_uri, recursive=True) == [f"{out_uri}/README.txt"]
+    assert outputs.read_manifest(out_uri)["rows_written"] == 2
+    new = outputs.write_attempt(_rows(0, 3), out_uri, "r2", 0, "0-b")
+    outputs.commit(out_uri, "r2", [new], _manifest(3), replace=True)
+    assert sorted(storage.list_files(out_uri, recursive=True)) == sorted(
+        [f"{out_uri}/README.txt", f"{out_uri}/{outputs.MANIFEST_NAME}", f"{out_uri}/part-00000.parquet"])
+    assert outputs.read_manifest(out_uri)["rows_written"] == 3
 
 
 def test_prepare_output_refuses_orphan_part_files(tmp_path):
@@ -239,3 +246,23 @@ def test_an_output_overlapping_an_input_is_refused_before_anything_is_deleted(tm
         outputs.prepare_output(str(tmp_path / out), overwrite=True, inputs=[str(tmp_path / inp)])
     assert (tmp_path / "x" / outputs.MANIFEST_NAME).exists()
     outputs.prepare_output(str(tmp_path / "y"), overwrite=True, inputs=[str(tmp_path / "x")])   # a sibling is fine
+
+
+def test_overwrite_keeps_the_old_dataset_until_the_new_one_commits(tmp_path):
+    out = str(tmp_path / "o")
+    old = outputs.write_attempt(pa.table({"x": [1, 2]}), out, "old", 0, "a")
+    outputs.commit(out, "old", [old], _manifest(2))
+    outputs.prepare_output(out, overwrite=True)
+    # the run is killed here: the old dataset is still complete and readable
+    assert outputs.read_manifest(out)["rows_written"] == 2
+    assert storage.read_parquet(outputs.dataset_files(out)).num_rows == 2
+    # a killed run's orphan attempt, then a run that completes
+    outputs.write_attempt(pa.table({"x": [9]}), out, "killed", 3, "z")
+    new = outputs.write_attempt(pa.table({"x": [5, 6, 7]}), out, "new", 0, "b")
+    with pytest.raises(outputs.OutputExistsError):
+        outputs.commit(out, "new", [new], _manifest(3))          # without replace: never over a commit
+    assert outputs.read_manifest(out)["rows_written"] == 2
+    outputs.commit(out, "new", [new], _manifest(3), replace=True)
+    assert outputs.read_manifest(out)["rows_written"] == 3
+    assert storage.read_parquet(outputs.dataset_files(out)).column("x").to_pylist() == [5, 6, 7]
+    assert not (tmp_path / "o" / outputs.ATTEMPTS_DIR).exists()   # the killed run's orphans are gone too
