@@ -31,11 +31,15 @@ from dhs_gen.json_values import finite_or_none
 __all__ = [
     "BootstrapCI", "BootstrapDelta", "OperatingPoint",
     "roc_auc", "roc_curve", "tpr_at_n_false_positives", "tpr_at_fpr", "recall_at_fpr",
+    "DEFAULT_OPERATING_FPRS", "operating_threshold",
     "bootstrap_ci", "paired_bootstrap_delta", "binomial_ci",
 ]
 
 # float slack when turning fpr * n_neg into a count: 1e-3 * 1000 must give exactly 1
 _COUNT_EPS = 1e-9
+
+# The survey's operating point: FPR 1e-3 on the negatives where they resolve it, else 1e-2.
+DEFAULT_OPERATING_FPRS = (1e-3, 1e-2)
 
 
 def _as_scores_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -230,6 +234,60 @@ def recall_at_fpr(scores, labels, fpr: float, reference_negative_scores=None) ->
     reason = "" if resolved else (
         f"{neg_desc.size} negatives cannot resolve FPR={fpr:g} (resolution 1/n_neg; need >= {math.ceil(1 / fpr)})")
     return _operating_point(s[y], neg_desc, k, resolved, reason)
+
+
+def operating_threshold(scores, labels, fprs=DEFAULT_OPERATING_FPRS) -> dict:
+    """Score threshold of the operating point: the smallest FPR of ``fprs`` the negatives can resolve.
+
+    The one rule for "which score counts as a lens" in reports and completeness tables. With
+    the negative scores sorted ``s_(1) >= s_(2) >= ...``, the target FPR ``f`` allows
+    ``k = floor(f * n_neg)`` false positives and the cut is ``s_(k+1)`` (module doc). The
+    chosen ``f`` is the smallest of ``fprs`` with ``k >= 1`` (FPR 1e-3 needs >= 1000
+    negatives, FPR 1e-2 >= 100). When none is resolvable the largest ``f`` is reported with
+    ``k = 0`` (a threshold just above every negative) and ``resolved = False``.
+
+    Parameters
+    ----------
+    scores, labels : array-like (N,)
+        Scores (any unit) and 0/1 labels; only the label-0 rows (the negatives) set the threshold.
+    fprs : sequence of float
+        Candidate target false-positive rates, fractions in (0, 1].
+
+    Returns
+    -------
+    dict
+        ``threshold`` (score units): a row counts as selected when ``score >= threshold``; it is
+        the smallest float above ``negative_score_cut``, so it selects exactly the rows strictly
+        above the cut, the same rows as :func:`tpr_at_fpr` (NaN without negatives; -inf when
+        every negative may pass). ``negative_score_cut``: ``s_(k+1)`` (score units).
+        ``fpr_target`` (fraction), ``achieved_fpr`` (fraction of negatives selected, <= target;
+        ties can make it smaller), ``n_negatives``, ``n_false_positives_allowed`` (k),
+        ``resolved`` (bool) and ``reason`` ('' when resolved).
+    """
+    targets = sorted(check_range("fprs", f, 0.0, 1.0, lo_open=True) for f in fprs)
+    if not targets:
+        raise InvalidValueError("fprs", fprs, "must hold at least one false-positive rate")
+    s, y = _as_scores_labels(scores, labels)
+    neg_desc = np.sort(s[~y])[::-1]
+    n_neg = int(neg_desc.size)
+    base = {"n_negatives": n_neg}
+    if n_neg == 0:
+        return {"threshold": math.nan, "negative_score_cut": math.nan, "fpr_target": targets[0],
+                "achieved_fpr": math.nan, **base, "n_false_positives_allowed": 0, "resolved": False,
+                "reason": "no negatives (label-0 rows) to set the threshold on"}
+    counts = [int(math.floor(f * n_neg + _COUNT_EPS)) for f in targets]
+    chosen = next((i for i, k in enumerate(counts) if k >= 1), None)
+    if chosen is None:
+        fpr, k, resolved = targets[-1], 0, False
+        reason = (f"{n_neg} negatives cannot resolve FPR={fpr:g} (need >= {math.ceil(1 / fpr)}): "
+                  "threshold just above the highest negative")
+    else:
+        fpr, k, resolved, reason = targets[chosen], counts[chosen], True, ""
+    cut = float(neg_desc[k]) if k < n_neg else -math.inf
+    threshold = float(np.nextafter(cut, math.inf)) if math.isfinite(cut) else -math.inf
+    return {"threshold": threshold, "negative_score_cut": cut, "fpr_target": fpr,
+            "achieved_fpr": float(np.sum(neg_desc >= threshold) / n_neg), **base,
+            "n_false_positives_allowed": k, "resolved": resolved, "reason": reason}
 
 
 def binomial_ci(k, n, alpha: float = 0.05) -> tuple[float, float]:

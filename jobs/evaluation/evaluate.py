@@ -1,13 +1,19 @@
 """Evaluate a lens finder from its scores: metrics.json, leakage gates, anchor gate, report.
 
     dhs evaluate --scores SCORES [--anchor-scores ANCHORS] [--stamps STAMPS] [--checkpoint CKPT]
-                 [--core-only-scores S1] [--core-masked-scores S2] --out DIR
+                 [--core-only-scores S1] [--core-masked-scores S2] [--recall-threshold T]
+                 [--anchor-threshold T] --out DIR
 
 ``SCORES`` is the output of ``dhs score`` on a stamps dataset. Only the ``--split`` rows
 (``test`` by default) are used; rows with ``cutout_ok = 0`` or no score are skipped and counted.
 Metrics (:mod:`dhs_gen.metrics`): AUC and TPR at FPR 1e-2 / 1e-3 / 1e-4 with stratified
 bootstrap 95 % CIs, overall and per ``source_mode`` / ``artifact_profile``; recall vs theta_E
-and arc SNR. Gen5-Prime leakage gates: model AUC with the core alone (``dhs score --mask
+and arc SNR at the operating threshold. The operating threshold
+(:func:`dhs_gen.metrics.operating_threshold`) is the score at which the false-positive rate on
+the negatives of the evaluated split (label 0: paired controls and hard negatives) is 1e-3 where
+they resolve it (>= 1000 negatives), else 1e-2; a stamp counts as found when ``score >=``
+it. ``--recall-threshold`` / ``--anchor-threshold`` override it; metrics.json says which was used.
+Gen5-Prime leakage gates: model AUC with the core alone (``dhs score --mask
 outer``) and with the core masked (``--mask core``), given as score datasets or computed here
 from ``--stamps`` with ``--checkpoint``; a model-free logistic regression on the central
 pixels (needs ``--stamps``); injections vs their azimuthal-shuffle hard negatives and vs their
@@ -28,8 +34,10 @@ import pyarrow as pa
 from dhs_gen.errors import ConfigError
 from dhs_gen.json_values import finite_or_none
 from dhs_gen.metrics import (
+    DEFAULT_OPERATING_FPRS,
     binomial_ci,
     bootstrap_ci,
+    operating_threshold,
     recall_at_fpr,
     roc_auc,
     tpr_at_fpr,
@@ -54,14 +62,17 @@ class EvalConfig:
     seed: int = 0
     alpha: float = 0.05
     split: str = "test"  # "all" uses every row
-    recall_threshold: float = 0.5  # score at or above which an injection counts as recovered
+    # score at or above which an injection counts as recovered; None: the operating threshold
+    recall_threshold: float | None = None
+    operating_fprs: tuple = DEFAULT_OPERATING_FPRS  # smallest one the negatives resolve sets the threshold
     core_radius_pix: float = DEFAULT_CORE_RADIUS_PIX
     max_core_only_auc: float = 0.70  # the seed's shortcut: AUC 0.90 from the central pixels alone
     max_core_masked_auc_drop: float = 0.10
     max_central_logreg_auc: float = 0.70
     min_injection_vs_shuffle_auc: float = 0.70
     min_injection_vs_control_auc: float = 0.70
-    anchor_threshold: float = 0.5
+    # score at or above which an anchor counts as found; None: the operating threshold of the synthetic negatives
+    anchor_threshold: float | None = None
     anchor_gate: dict = field(default_factory=dict)  # overrides of dhs_gen.metrics.DEFAULT_ANCHOR_GATE
     leakage_max_rows: int = 20000  # cap on stamps read for the model-free and masked checks
     n_recall_bins: int = 8
@@ -70,6 +81,13 @@ class EvalConfig:
         object.__setattr__(self, "fprs", tuple(float(f) for f in self.fprs))
         if not self.fprs or any(not (0.0 < f <= 1.0) for f in self.fprs):
             raise ConfigError("fprs", self.fprs, "must be a non-empty list of fractions in (0, 1]")
+        object.__setattr__(self, "operating_fprs", tuple(float(f) for f in self.operating_fprs))
+        if not self.operating_fprs or any(not (0.0 < f < 1.0) for f in self.operating_fprs):
+            raise ConfigError("operating_fprs", self.operating_fprs, "must be a non-empty list of fractions in (0, 1)")
+        for name in ("recall_threshold", "anchor_threshold"):
+            value = getattr(self, name)
+            if value is not None and not np.isfinite(value):
+                raise ConfigError(name, value, "must be a finite score, or None for the operating threshold")
         for name in ("n_boot", "leakage_max_rows", "n_recall_bins"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(name, getattr(self, name), "must be an integer >= 1")
@@ -88,6 +106,57 @@ class EvalConfig:
 def fpr_key(fpr: float) -> str:
     """Key of an FPR in metrics.json: ``1e-3 -> "0.001"``."""
     return f"{fpr:g}"
+
+
+# --------------------------------------------------------------------------- operating threshold
+
+
+def _fpr_text(fpr: float) -> str:
+    """``0.01 -> "1e-2"``, ``0.005 -> "5e-3"``."""
+    mantissa, exponent = f"{fpr:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _score_text(t: float) -> str:
+    """A threshold with enough digits to tell it from 1 (over-confident scores crowd just below 1)."""
+    digits = 2 if t >= 1.0 or t <= 0.0 else max(2, int(np.ceil(-np.log10(1.0 - t))) + 1)
+    return f"{t:.{digits}f}" if 0.0 < t < 1.0 else f"{t:.4g}"
+
+
+def operating_point_json(op: dict, negatives: str) -> dict:
+    """:func:`dhs_gen.metrics.operating_threshold` as stored in metrics.json (NaN / inf -> None)."""
+    return {**{k: finite_or_none(v) for k, v in op.items()}, "negatives": negatives}
+
+
+def threshold_choice(explicit: float | None, op: dict) -> dict:
+    """The threshold a block uses: the explicit one if given, else the operating point's.
+
+    Parameters
+    ----------
+    explicit : float or None
+        A score threshold the user gave (``--recall-threshold`` / ``--anchor-threshold``).
+    op : dict or None
+        :func:`operating_point_json` of the negatives (needed only when ``explicit`` is None).
+
+    Returns
+    -------
+    dict
+        ``threshold`` (score; None when neither exists), ``source`` (``"explicit"`` or
+        ``"operating_point"``) and ``text``, the line the report prints above the numbers.
+    """
+    if explicit is not None:
+        return {"threshold": float(explicit), "source": "explicit",
+                "text": f"threshold {float(explicit):g} (given explicitly, not the operating point)"}
+    t, n = op["threshold"], op["n_negatives"]
+    if t is None or not np.isfinite(t):
+        return {"threshold": None, "source": "operating_point",
+                "text": f"no operating threshold: {op.get('reason') or 'no negatives'}"}
+    if op["resolved"]:
+        text = f"operating threshold {_score_text(t)} (FPR {_fpr_text(op['fpr_target'])} on {n:,} negatives)"
+    else:
+        text = (f"operating threshold {_score_text(t)} (just above all {n:,} negatives: too few to resolve "
+                f"FPR {_fpr_text(op['fpr_target'])})")
+    return {"threshold": float(t), "source": "operating_point", "text": text}
 
 
 # --------------------------------------------------------------------------- data selection
@@ -167,9 +236,22 @@ def _bin_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
     return np.unique(np.quantile(values, np.linspace(0, 1, n_bins + 1)))
 
 
-def recall_curve(df: pd.DataFrame, column: str, cfg: EvalConfig) -> list[dict]:
-    """Recall of injections (score >= recall_threshold) in bins of ``column``, with exact binomial 95 % CIs."""
-    if column not in df.columns:
+def recall_threshold(df: pd.DataFrame, cfg: EvalConfig) -> tuple[dict, dict]:
+    """(operating point of the label-0 rows of ``df`` as JSON, :func:`threshold_choice` for the recall curves)."""
+    op = operating_threshold(df["score"], df["label"], cfg.operating_fprs)
+    op_json = operating_point_json(op, "label-0 rows of the evaluated split (controls and hard negatives)")
+    return op_json, threshold_choice(cfg.recall_threshold, op_json)
+
+
+def recall_curve(df: pd.DataFrame, column: str, cfg: EvalConfig, threshold: float | None = None) -> list[dict]:
+    """Recall of injections (``score >= threshold``) in bins of ``column``, with exact binomial 95 % CIs.
+
+    ``threshold`` (score) defaults to :func:`recall_threshold` of ``df``: ``cfg.recall_threshold``
+    if set, else the operating threshold of the negatives. Empty without any threshold.
+    """
+    if threshold is None:
+        threshold = recall_threshold(df, cfg)[1]["threshold"]
+    if column not in df.columns or threshold is None:
         return []
     pos = df[(df["label"] == 1) & df[column].notna()]
     vals = pos[column].to_numpy(float)
@@ -179,7 +261,7 @@ def recall_curve(df: pd.DataFrame, column: str, cfg: EvalConfig) -> list[dict]:
         return []
     edges = _bin_edges(vals, cfg.n_recall_bins)
     idx = np.clip(np.searchsorted(edges, vals, side="right") - 1, 0, len(edges) - 2)
-    found = pos["score"].to_numpy(float) >= cfg.recall_threshold
+    found = pos["score"].to_numpy(float) >= threshold
     rows = []
     for b in range(len(edges) - 1):
         sel = idx == b
@@ -196,16 +278,36 @@ def recall_curve(df: pd.DataFrame, column: str, cfg: EvalConfig) -> list[dict]:
 
 
 def anchor_block(anchor: pd.DataFrame | None, cfg: EvalConfig, synthetic_negatives: np.ndarray | None) -> dict:
-    """AnchorMetrics plus TPR0, TPR10 and recall at FPR 1e-3 on the anchor set."""
+    """AnchorMetrics plus TPR0, TPR10 and recall at FPR 1e-3 on the anchor set.
+
+    The recovery / contamination threshold is ``cfg.anchor_threshold`` when given, else the
+    operating threshold of ``synthetic_negatives`` (the synthetic test negatives): real lenses are
+    judged at the threshold a survey would run the finder at. The ``*_0p5`` fields of
+    :class:`~jobs.evaluation.gates.AnchorMetrics` keep their names and hold the counts at
+    ``threshold``; ``n_recovered_at_threshold`` etc. repeat them under names that say so.
+    """
     if anchor is None:
         return {"available": False, "reason": "no anchor set given (--anchor-scores): the anchor gate was not run"}
     counts = {"n_rows": len(anchor), "n_skipped_no_score": int(anchor["score"].isna().sum())}
     anchor = anchor[anchor["score"].notna()]
     if not len(anchor):
         return {"available": False, "reason": "the anchor set has no scored rows", **counts}
+    neg = np.asarray(synthetic_negatives if synthetic_negatives is not None else [], dtype=float)
+    op_json = None
+    if cfg.anchor_threshold is None:
+        op = operating_threshold(neg, np.zeros(neg.size, dtype=np.int8), cfg.operating_fprs)
+        op_json = operating_point_json(op, "label-0 rows of the evaluated synthetic split")
+    choice = threshold_choice(cfg.anchor_threshold, op_json)
+    if choice["threshold"] is None:
+        return {"available": False, "reason": "no synthetic negatives to set the anchor threshold on "
+                                              "(give --anchor-threshold)", "operating_point": op_json, **counts}
     s, y = anchor["score"].to_numpy(float), anchor["label"].to_numpy(int)
-    m = compute_anchor_metrics(s, y, cfg.anchor_threshold, cfg.anchor_gate)
+    m = compute_anchor_metrics(s, y, choice["threshold"], cfg.anchor_gate)
     out = {"available": True, **counts, **m.as_dict(),
+           "threshold_source": choice["source"], "threshold_text": choice["text"], "operating_point": op_json,
+           "n_recovered_at_threshold": m.n_recovered_at_0p5, "recovery_rate": finite_or_none(m.recovery_rate_0p5),
+           "n_contaminated_at_threshold": m.n_contaminated_at_0p5,
+           "contamination_rate": finite_or_none(m.contamination_rate_0p5),
            "tpr0": tpr_at_n_false_positives(s, y, 0).as_dict(),
            "tpr10": tpr_at_n_false_positives(s, y, 10).as_dict(),
            "recall_at_fpr_0.001": recall_at_fpr(s, y, 1e-3).as_dict()}
@@ -251,13 +353,15 @@ def compute_metrics(scores, cfg: EvalConfig | None = None, anchor_scores=None, c
     overall = metric_block(df["score"], df["label"], cfg, "overall")
     kinds = df["kind"].value_counts().to_dict() if "kind" in df.columns else {}
     neg = df.loc[df["label"] == 0, "score"].to_numpy(float)
+    op_json, recall_thr = recall_threshold(df, cfg)
     return {
         "config": asdict(cfg), "rows": counts, "rows_by_kind": {str(k): int(v) for k, v in kinds.items()},
         **overall,
+        "operating_point": op_json, "recall_threshold": recall_thr,
         "by_source_mode": stratified_blocks(df, "source_mode", cfg),
         "by_artifact_profile": stratified_blocks(df, "artifact_profile", cfg),
-        "recall_vs_theta_e": recall_curve(df, "theta_e_arcsec", cfg),
-        "recall_vs_arc_snr": recall_curve(df, "arc_snr", cfg),
+        "recall_vs_theta_e": recall_curve(df, "theta_e_arcsec", cfg, recall_thr["threshold"]),
+        "recall_vs_arc_snr": recall_curve(df, "arc_snr", cfg, recall_thr["threshold"]),
         "leakage_gates": leakage_gates(df, cfg, overall["auc"], _prepare(core_only_scores, cfg.split),
                                        _prepare(core_masked_scores, cfg.split), central),
         "anchor_gate": anchor_block(_frame(anchor_scores), cfg, neg),
@@ -293,6 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--core-radius-pix", type=float, default=DEFAULT_CORE_RADIUS_PIX, help="core radius, pixels")
     p.add_argument("--leakage-max-rows", type=int, default=20000, help="stamps read for the leakage checks")
     p.add_argument("--gallery-size", type=int, default=16, help="stamps per gallery")
+    p.add_argument("--recall-threshold", type=float, default=None,
+                   help="score at or above which an injection counts as recovered in the recall curves "
+                        "(default: the operating threshold, FPR 1e-3 / 1e-2 on the negatives)")
+    p.add_argument("--anchor-threshold", type=float, default=None,
+                   help="score at or above which an anchor counts as found in the anchor gate "
+                        "(default: the operating threshold of the synthetic negatives)")
     return p
 
 
@@ -302,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = EvalConfig(n_boot=args.n_boot, seed=args.seed, split=args.split, core_radius_pix=args.core_radius_pix,
-                         leakage_max_rows=args.leakage_max_rows)
+                         leakage_max_rows=args.leakage_max_rows, recall_threshold=args.recall_threshold,
+                         anchor_threshold=args.anchor_threshold)
     except ConfigError as err:
         print(f"dhs evaluate: {err}", file=sys.stderr)
         return 2

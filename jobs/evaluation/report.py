@@ -69,11 +69,11 @@ def collect_stamps(stamps_uri: str, df: pd.DataFrame, cfg, gallery_size: int = 1
     }
     leak_ids = leakage_sample(df, cfg.leakage_max_rows)
     meta = df.set_index("task_id")
-    model = None
+    model, temperature = None, None
     if checkpoint and want_masked:
-        from jobs.evaluation.score import load_model
+        from jobs.evaluation.score import load_model, model_temperature
 
-        model = load_model(checkpoint)[0]
+        model, temperature = load_model(checkpoint)[0], model_temperature(checkpoint)
     gallery_set = set(gallery_ids["gal_neg"]) | set(gallery_ids["gal_pos"])
     wanted = leak_ids | gallery_set
     images, feats, rows, masked = {}, [], [], {"outer": [], "core": []}
@@ -94,7 +94,8 @@ def collect_stamps(stamps_uri: str, df: pd.DataFrame, cfg, gallery_size: int = 1
                 rows += leak
                 if model is not None:
                     for m in masked:
-                        masked[m].append(predict_proba(model, stack, m, cfg.core_radius_pix))
+                        masked[m].append(predict_proba(model, stack, m, cfg.core_radius_pix,
+                                                       temperature=temperature))
     out = StampInputs()
     if rows:
         sub = meta.loc[rows]
@@ -172,8 +173,8 @@ def plot_hist(df: pd.DataFrame) -> bytes:
     return _figure_bytes(fig)
 
 
-def plot_recall(rows: list[dict], xlabel: str, threshold: float) -> bytes:
-    """Recall per bin with exact binomial 95 % error bars."""
+def plot_recall(rows: list[dict], xlabel: str, threshold: float | None, subtitle: str = "") -> bytes:
+    """Recall per bin (``score >= threshold``) with exact binomial 95 % error bars; ``subtitle`` names the threshold."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     if rows:
@@ -186,8 +187,9 @@ def plot_recall(rows: list[dict], xlabel: str, threshold: float) -> bytes:
             ax.annotate(str(r["n"]), (xi, 0.02), ha="center", fontsize=7, color="grey")
     else:
         ax.text(0.5, 0.5, "no data", ha="center", transform=ax.transAxes)
-    ax.set(ylim=(0, 1.05), xlabel=xlabel, ylabel=f"recall (score >= {threshold:g})",
-           title=f"recall vs {xlabel} (n per bin in grey)")
+    ylabel = "recall (no threshold)" if threshold is None else f"recall (score >= {threshold:.4g})"
+    title = f"recall vs {xlabel} (n per bin in grey)" + (f"\n{subtitle}" if subtitle else "")
+    ax.set(ylim=(0, 1.05), xlabel=xlabel, ylabel=ylabel, title=title)
     return _figure_bytes(fig)
 
 
@@ -269,7 +271,9 @@ def render_html(metrics: dict, pngs: dict[str, bytes]) -> str:
     table.append("</table>")
     anchor = metrics["anchor_gate"]
     if anchor.get("available"):
-        anchor_html = (f"<p>known lenses {anchor['n_known_lenses']}, recovered {anchor['n_recovered_at_0p5']}; "
+        anchor_thr = html.escape(anchor.get("threshold_text") or f"threshold {anchor['threshold']:g}")
+        anchor_html = (f'<p class="thr">{anchor_thr}: found = score at or above it</p>'
+                       f"<p>known lenses {anchor['n_known_lenses']}, recovered {anchor['n_recovered_at_0p5']}; "
                        f"hard negatives {anchor['n_hard_negatives']}, contaminated {anchor['n_contaminated_at_0p5']}; "
                        f"AUROC {_fmt(anchor['auroc_anchor'])}; overall "
                        f"<b>{'PASS' if anchor['passes_anchor_gate'] else 'FAIL'}</b></p>"
@@ -282,10 +286,12 @@ def render_html(metrics: dict, pngs: dict[str, bytes]) -> str:
         f'<figcaption><a href="{name}">{name}</a></figcaption></figure>' for name, data in pngs.items())
     rows = metrics["rows"]
     lg = metrics["leakage_gates"]
+    recall_thr = html.escape(metrics["recall_threshold"]["text"])
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>Dark Halo Scope evaluation</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;margin:.5em 0}}
 td,th{{border:1px solid #ccc;padding:3px 7px;font-size:13px}} .pass{{background:#c8f0c8}}
-.fail{{background:#f5b5b5}} .na{{color:#777;background:#eee}} figure{{display:inline-block;margin:.5em}}</style>
+.fail{{background:#f5b5b5}} .na{{color:#777;background:#eee}} figure{{display:inline-block;margin:.5em}}
+.thr{{font-weight:bold}}</style>
 </head><body><h1>Dark Halo Scope evaluation</h1>
 <p>split <b>{html.escape(str(metrics['config']['split']))}</b>: {rows['n_evaluated']} rows evaluated;
 skipped {rows['n_skipped_cutout_not_ok']} with cutout_ok=0 and {rows['n_skipped_no_score']} without a score.</p>
@@ -293,7 +299,7 @@ skipped {rows['n_skipped_cutout_not_ok']} with cutout_ok=0 and {rows['n_skipped_
 <h2>Leakage gates: {'PASS' if lg['passes'] else 'NOT PASSED'}</h2>
 <table><tr><th>gate</th><th>value</th><th>limit</th><th>verdict</th><th>note</th></tr>{_gate_rows(lg['gates'])}</table>
 <h2>Anchor gate (real lenses vs real hard negatives)</h2>{anchor_html}
-<h2>Plots</h2>{figs}</body></html>"""
+<h2>Plots</h2><p class="thr">recall curves: {recall_thr}; recovered = score at or above it</p>{figs}</body></html>"""
 
 
 def _write(uri: str, data: bytes) -> None:
@@ -306,10 +312,10 @@ def _write(uri: str, data: bytes) -> None:
 def write_report(out_dir: str, metrics: dict, df: pd.DataFrame, gallery: dict | None = None) -> str:
     """Write metrics.json, the PNGs and report.html under ``out_dir`` (local or s3://); returns the HTML URI."""
     out_dir = str(out_dir).rstrip("/")
-    thr = metrics["config"]["recall_threshold"]
+    thr, thr_text = metrics["recall_threshold"]["threshold"], metrics["recall_threshold"]["text"]
     pngs = {PLOT_FILES["roc"]: plot_roc(df), PLOT_FILES["hist"]: plot_hist(df),
-            PLOT_FILES["theta_e"]: plot_recall(metrics["recall_vs_theta_e"], "theta_E (arcsec)", thr),
-            PLOT_FILES["snr"]: plot_recall(metrics["recall_vs_arc_snr"], "arc SNR", thr)}
+            PLOT_FILES["theta_e"]: plot_recall(metrics["recall_vs_theta_e"], "theta_E (arcsec)", thr, thr_text),
+            PLOT_FILES["snr"]: plot_recall(metrics["recall_vs_arc_snr"], "arc SNR", thr, thr_text)}
     if gallery:
         stretch = common_stretch([it[3] for items in gallery.values() for it in items])
         titles = {"gal_neg": "highest-scoring negatives", "gal_pos": "lowest-scoring positives"}

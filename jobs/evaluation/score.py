@@ -4,7 +4,9 @@
 
 Output rows carry the id (``task_id`` or ``anchor_id``), ``score`` (sigmoid probability in
 [0, 1]), ``score_status`` and every input column except the pixel columns (``image``,
-``invvar``). Rows that cannot be scored (``cutout_ok = 0``, no image, image bytes that do not
+``invvar``). When the checkpoint carries a fitted temperature T (``extra["temperature"]``, see
+:mod:`jobs.training.calibration`) the score is the calibrated ``sigmoid(logit / T)``; the
+manifest records the T used (``extra.temperature``, null for the plain sigmoid). Rows that cannot be scored (``cutout_ok = 0``, no image, image bytes that do not
 match ``image_shape``) are kept with a null score and their status, and counted: nothing is
 dropped. Stamps of the seed's Gen5 pipeline, which carry a ``stamp_npz`` blob instead of ``image``,
 are decoded with :func:`dhs_gen.validation.quality_checks.decode_stamp_npz` (g, r, z required:
@@ -98,8 +100,9 @@ def _status_and_images(table: pa.Table) -> tuple[list[str], dict[tuple, list[int
 
 
 def predict_proba(model, images: np.ndarray, mask: str | None = None,
-                  radius_pix: float = DEFAULT_CORE_RADIUS_PIX, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-    """Sigmoid probabilities of a model on raw stamps.
+                  radius_pix: float = DEFAULT_CORE_RADIUS_PIX, batch_size: int = DEFAULT_BATCH_SIZE,
+                  temperature: float | None = None) -> np.ndarray:
+    """Sigmoid probabilities of a model on raw stamps, temperature-scaled when a temperature is given.
 
     Parameters
     ----------
@@ -111,6 +114,9 @@ def predict_proba(model, images: np.ndarray, mask: str | None = None,
         Optional leakage mask (see module doc) and its radius in pixels.
     batch_size : int
         Stamps per forward pass.
+    temperature : float, optional
+        T > 0 (dimensionless): probabilities are ``sigmoid(logit / T)``
+        (:func:`jobs.training.calibration.calibrated_proba`). None: the plain sigmoid.
 
     Returns
     -------
@@ -118,6 +124,7 @@ def predict_proba(model, images: np.ndarray, mask: str | None = None,
     """
     import torch
 
+    from jobs.training.calibration import calibrated_proba
     from jobs.training.preprocess import normalize_stamps
 
     out = np.empty(len(images), dtype=np.float64)
@@ -129,12 +136,15 @@ def predict_proba(model, images: np.ndarray, mask: str | None = None,
                          dtype=np.float32)  # a writable copy: the mask is applied in place
             x = apply_mask(x, mask, radius_pix)
             logits = model(torch.from_numpy(x).to(device)).reshape(-1)
-            out[start:start + len(x)] = torch.sigmoid(logits.double()).cpu().numpy()
+            if temperature is None:
+                out[start:start + len(x)] = torch.sigmoid(logits.double()).cpu().numpy()
+            else:
+                out[start:start + len(x)] = calibrated_proba(logits.double().cpu().numpy(), temperature)
     return out
 
 
 def score_table(table: pa.Table, model, mask: str | None = None, radius_pix: float = DEFAULT_CORE_RADIUS_PIX,
-                batch_size: int = DEFAULT_BATCH_SIZE) -> pa.Table:
+                batch_size: int = DEFAULT_BATCH_SIZE, temperature: float | None = None) -> pa.Table:
     """Stamps or anchors (Arrow table) -> scored table in :func:`scored_schema` (pure; no Spark).
 
     Parameters
@@ -143,7 +153,7 @@ def score_table(table: pa.Table, model, mask: str | None = None, radius_pix: flo
         Rows with ``image`` bytes and ``image_shape`` (``jobs.runtime.schema``), images in nanomaggies.
     model : torch.nn.Module
         As in :func:`predict_proba`.
-    mask, radius_pix, batch_size
+    mask, radius_pix, batch_size, temperature
         As in :func:`predict_proba`.
 
     Returns
@@ -154,7 +164,8 @@ def score_table(table: pa.Table, model, mask: str | None = None, radius_pix: flo
     status, by_shape, decoded = _status_and_images(table)
     scores = np.full(table.num_rows, np.nan)
     for rows in by_shape.values():
-        scores[rows] = predict_proba(model, np.stack([decoded[i] for i in rows]), mask, radius_pix, batch_size)
+        scores[rows] = predict_proba(model, np.stack([decoded[i] for i in rows]), mask, radius_pix, batch_size,
+                                     temperature)
     schema = scored_schema(table.schema)
     columns = {n: table.column(n) for n in table.column_names if n in schema.names}
     columns["score"] = pa.array(scores, pa.float64(), mask=np.isnan(scores))
@@ -171,14 +182,23 @@ def load_model(checkpoint_uri: str):
     return _MODEL_CACHE[checkpoint_uri]
 
 
+def model_temperature(checkpoint_uri: str) -> float | None:
+    """The fitted temperature of a checkpoint (``extra["temperature"]``), or None for the plain sigmoid."""
+    from jobs.training.calibration import checkpoint_temperature
+
+    return checkpoint_temperature(load_model(checkpoint_uri)[1])
+
+
 def _score_batches(batches: Iterable[pa.RecordBatch], checkpoint_uri: str, mask, radius_pix, batch_size):
     import torch
 
     torch.set_num_threads(1)  # one core per Spark task: executors run one task per core
     model, _ = load_model(checkpoint_uri)
+    temperature = model_temperature(checkpoint_uri)
     for batch in batches:
         if batch.num_rows:
-            yield from score_table(pa.Table.from_batches([batch]), model, mask, radius_pix, batch_size).to_batches()
+            yield from score_table(pa.Table.from_batches([batch]), model, mask, radius_pix, batch_size,
+                                   temperature).to_batches()
 
 
 def transform(df, checkpoint_uri: str, mask: str | None = None, radius_pix: float = DEFAULT_CORE_RADIUS_PIX,
@@ -222,7 +242,7 @@ def run(checkpoint_uri: str, input_uri: str, out_uri: str, batch_size: int = DEF
         check_choice("mask", mask, MASKS)
     check_range("radius_pix", radius_pix, 0.0, np.inf, lo_open=True)
     batch_size = int(check_range("batch_size", batch_size, 1, 1 << 20))
-    load_model(checkpoint_uri)  # a bad checkpoint fails here, before Spark starts
+    temperature = model_temperature(checkpoint_uri)  # a bad checkpoint fails here, before Spark starts
     files = outputs.dataset_files(input_uri)
     units, rows_in, in_schema = [], 0, None
     for uri in files:
@@ -233,7 +253,7 @@ def run(checkpoint_uri: str, input_uri: str, out_uri: str, batch_size: int = DEF
     if in_schema is None:
         raise InvalidValueError("input", input_uri, "must be a dataset holding at least one Parquet part file")
     out_schema = scored_schema(in_schema)
-    outputs.prepare_output(out_uri, overwrite)
+    outputs.prepare_output(out_uri, overwrite, (input_uri, checkpoint_uri))
     spark = spark or get_spark("dhs-score")
     n_parts = max(1, partitions or min(len(units), 4 * spark.sparkContext.defaultParallelism))
     df = spark.createDataFrame(units, "uri string, row_group int").repartition(n_parts)
@@ -245,10 +265,12 @@ def run(checkpoint_uri: str, input_uri: str, out_uri: str, batch_size: int = DEF
             status.update(_open_parquet(r["path"]).read(columns=["score_status"]).column(0).to_pylist())
     seconds = time.perf_counter() - t0
     config = {"checkpoint": checkpoint_uri, "batch_size": batch_size, "mask": mask, "mask_radius_pix": radius_pix}
-    extra = {"score_status": dict(sorted(status.items())), "n_scored": status.get("ok", 0)}
+    extra = {"score_status": dict(sorted(status.items())), "n_scored": status.get("ok", 0),
+             "temperature": temperature,
+             "score_definition": "sigmoid(logit)" if temperature is None else "sigmoid(logit / temperature)"}
     manifest = stage.commit_stage("score", out_uri, run_id, reports, config,
                                   {"input": input_uri, "checkpoint": checkpoint_uri}, rows_in=rows_in,
-                                  timings={"total_s": seconds}, extra=extra)
+                                  timings={"total_s": seconds}, extra=extra, replace=overwrite)
     print(stage.progress_line("score", rows_in, rows_in - status.get("ok", 0), seconds), file=sys.stderr)
     return manifest
 

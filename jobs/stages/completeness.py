@@ -1,13 +1,15 @@
 """Stage 4d: selection function -- recovered fraction of injections in bins of theta_E x arc SNR x PSF x depth.
 
-    dhs completeness --scores SCORES --out OUT [--threshold 0.5 | --fpr 1e-3 [--negatives NEG_SCORES]]
+    dhs completeness --scores SCORES --out OUT [--threshold T | --fpr 1e-3] [--negatives NEG_SCORES]
 
 Input: a committed ``dhs score`` output of 4c stamps (columns ``score``, ``score_status``, ``label``,
 ``theta_e_arcsec``, ``arc_snr``, ``psf_fwhm_r_arcsec``, ``psfdepth_r_nmgy``, ...). An injection
 (``label == 1``) is *recovered* when ``score > threshold`` -- strictly, as the operating points of
-``dhs_gen.metrics``. The threshold is given (``--threshold``) or set on negatives so that the
-false-positive rate is at most ``--fpr`` (the label-0 rows of SCORES -- paired controls and hard
-negatives -- or of ``--negatives``), with ``dhs_gen.metrics.recall_at_fpr``.
+``dhs_gen.metrics``. The threshold is set on negatives (the label-0 rows of SCORES -- paired
+controls and hard negatives -- or of ``--negatives``): by default at the operating point of
+``dhs_gen.metrics.operating_threshold``, the one ``dhs evaluate`` uses (false-positive rate 1e-3
+where the negatives resolve it, i.e. >= 1000 of them, else 1e-2); with ``--fpr`` at that rate
+(``dhs_gen.metrics.recall_at_fpr``). ``--threshold`` gives it explicitly instead.
 
 Output: a Parquet table (committed with ``_manifest.json``) holding every cell of the bin grid with
 ``n_injected`` (injections in the cell), ``n_scored`` (of those, scored), ``n_recovered``,
@@ -33,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dhs_gen.errors import InvalidValueError, check_range
-from dhs_gen.metrics import binomial_ci, recall_at_fpr
+from dhs_gen.metrics import DEFAULT_OPERATING_FPRS, binomial_ci, operating_threshold, recall_at_fpr
 from jobs.runtime import outputs, storage
 
 BIN_VARIABLES = ("theta_e_arcsec", "arc_snr", "psf_fwhm_r_arcsec", "psfdepth_r_nmgy")
@@ -206,6 +208,29 @@ def threshold_at_fpr(negative_scores, fpr: float, positive_scores=()) -> dict:
             "recall": op.value}
 
 
+def default_operating_point(negative_scores, fprs=DEFAULT_OPERATING_FPRS) -> dict:
+    """The default threshold: :func:`dhs_gen.metrics.operating_threshold` of the negatives.
+
+    Returns
+    -------
+    dict
+        The operating point, with ``threshold`` set to its ``negative_score_cut`` (score units):
+        recovery here is ``score > threshold``, which selects the same rows as ``score >=`` the
+        operating threshold of ``dhs evaluate``. ``operating_threshold`` keeps that inclusive value.
+
+    Raises
+    ------
+    InvalidValueError
+        No negatives to set a threshold on.
+    """
+    neg = np.asarray(negative_scores, dtype=float)
+    op = operating_threshold(neg, np.zeros(neg.size, dtype=np.int8), fprs)
+    if not math.isfinite(op["negative_score_cut"]):
+        raise InvalidValueError("negatives", neg.size, "must hold scored label-0 rows to set the operating threshold "
+                                                      "(or give --threshold)")
+    return {**op, "operating_threshold": op["threshold"], "threshold": op["negative_score_cut"]}
+
+
 def plot_png(scores: pa.Table, edges: dict, threshold: float, alpha: float = 0.05) -> bytes:
     """PNG: completeness vs theta_E (with intervals) and the theta_E x arc-SNR heat map (marginal over the rest)."""
     import matplotlib
@@ -260,10 +285,14 @@ def _read_scores(uri: str) -> pa.Table:
 def run(scores_uri: str, out_uri: str, threshold: float | None = None, fpr: float | None = None,
         negatives_uri: str | None = None, bins: CompletenessBins | None = None, split: str | None = None,
         alpha: float = 0.05, overwrite: bool = False) -> dict:
-    """Compute and commit the completeness table (+ plot) of a scored dataset; returns the manifest."""
+    """Compute and commit the completeness table (+ plot) of a scored dataset; returns the manifest.
+
+    At most one of ``threshold`` (explicit, score units) and ``fpr`` (fraction); with neither, the
+    operating point of the negatives (:func:`default_operating_point`).
+    """
     t0 = time.perf_counter()
-    if (threshold is None) == (fpr is None):
-        raise InvalidValueError("threshold", threshold, "give exactly one of threshold or fpr")
+    if threshold is not None and fpr is not None:
+        raise InvalidValueError("threshold", threshold, "give at most one of threshold or fpr")
     bins = bins or CompletenessBins()
     table = _read_scores(scores_uri)
     if split is not None:
@@ -276,9 +305,12 @@ def run(scores_uri: str, out_uri: str, threshold: float | None = None, fpr: floa
         neg_table = _read_scores(negatives_uri) if negatives_uri else table
         neg_score, neg_ok = _scored(neg_table)
         negs = neg_score[neg_ok & (_column(neg_table, "label") == 0)]
-        op = {"mode": "fpr", "fpr": fpr, **threshold_at_fpr(negs, fpr, score[inj & ok])}
+        if fpr is not None:
+            op = {"mode": "fpr", "fpr": fpr, **threshold_at_fpr(negs, fpr, score[inj & ok])}
+        else:
+            op = {"mode": "operating_point", **default_operating_point(negs)}
     edges = bins.resolve(table)
-    outputs.prepare_output(out_uri, overwrite)
+    outputs.prepare_output(out_uri, overwrite, (scores_uri, negatives_uri))
     full = completeness_table(table, edges, op["threshold"], alpha=alpha)
     _, inside = cell_indices(table, edges)
     n_rec = int(np.sum(inj & ok & (np.nan_to_num(score, nan=-math.inf) > op["threshold"])))
@@ -297,7 +329,7 @@ def run(scores_uri: str, out_uri: str, threshold: float | None = None, fpr: floa
                                       {"scores": scores_uri, **({"negatives": negatives_uri} if negatives_uri else {})},
                                       full.num_rows, full.num_rows, 0, {}, {"total_s": time.perf_counter() - t0},
                                       extra=extra)
-    return outputs.commit(out_uri, run_id, [report], manifest)
+    return outputs.commit(out_uri, run_id, [report], manifest, replace=overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,10 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scores", required=True, help="dhs score output of 4c stamps (directory or s3:// URI)")
     p.add_argument("--out", required=True, help="output directory or s3:// URI")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--threshold", type=float, help="score threshold: recovered = score > threshold")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--threshold", type=float,
+                   help="explicit score threshold: recovered = score > threshold (default: the operating point, "
+                        "FPR 1e-3 on the negatives where >= 1000 of them resolve it, else 1e-2)")
     g.add_argument("--fpr", type=float, help="set the threshold at this false-positive rate on the negatives")
-    p.add_argument("--negatives", default=None, help="scored negatives for --fpr (default: label-0 rows of --scores)")
+    p.add_argument("--negatives", default=None,
+                   help="scored negatives setting the threshold (default: label-0 rows of --scores)")
     p.add_argument("--split", default=None, choices=("train", "val", "test"), help="use only this split")
     p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence of the intervals (default 0.05)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -320,7 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     m = run(args.scores, args.out, args.threshold, args.fpr, args.negatives, split=args.split, alpha=args.alpha,
             overwrite=args.overwrite)
     e = m["extra"]
-    thr = m["config"]["operating_point"]["threshold"]
+    op = m["config"]["operating_point"]
+    thr = op["threshold"]
+    if op["mode"] == "operating_point":
+        note = "" if op["resolved"] else f" (not resolved: {op['reason']})"
+        print(f"4d completeness: operating point FPR {op['fpr_target']:g} on {op['n_negatives']} negatives{note}",
+              file=sys.stderr)
     frac = "n/a" if e["completeness"] is None else f"{e['completeness']:.3f}"
     print(f"4d completeness: {e['n_recovered']}/{e['n_injections_scored']} injections recovered ({frac}) at "
           f"score > {thr:.4g}; {m['rows_written']} cells -> {args.out}")

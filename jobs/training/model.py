@@ -227,7 +227,9 @@ def save_checkpoint(path_or_uri: str, model: nn.Module, cfg: ModelConfig, train_
     extra : dict, optional
         More plain data: ``epoch``, ``metrics``, ``optimizer``/``scheduler`` state dicts, ...
         Keys must not clash with the reserved ones (format, model_config, train_config,
-        state_dict, git_sha, torch_version).
+        state_dict, git_sha, torch_version). ``temperature`` (a float > 0, dimensionless, from
+        :func:`jobs.training.calibration.fit_temperature` on the validation split) makes
+        ``dhs score`` report ``sigmoid(logit / temperature)``.
     """
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -277,7 +279,9 @@ def load_checkpoint(path_or_uri: str, map_location="cpu") -> tuple[LensResNet, d
         Rebuilt from the saved :class:`ModelConfig`, weights loaded, in eval mode.
     meta : dict
         Everything else in the checkpoint (``model_config``, ``train_config``, ``git_sha``,
-        ``epoch``, ``metrics``, optimizer state, ...), without ``state_dict``.
+        ``epoch``, ``metrics``, optimizer state, ...), without ``state_dict``; every ``extra`` key
+        of :func:`save_checkpoint` sits at the top level, so a fitted temperature is
+        ``meta["temperature"]`` (read it with :func:`jobs.training.calibration.checkpoint_temperature`).
     """
     if is_s3(path_or_uri):
         fs, path = resolve(path_or_uri)

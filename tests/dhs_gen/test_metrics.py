@@ -14,6 +14,7 @@ from dhs_gen.errors import InvalidValueError, RangeError
 from dhs_gen.metrics import (
     binomial_ci,
     bootstrap_ci,
+    operating_threshold,
     paired_bootstrap_delta,
     recall_at_fpr,
     roc_auc,
@@ -129,6 +130,50 @@ def test_recall_at_fpr_with_reference_negatives():
     s, y = _sl([0.5, 0.95, 0.96, 0.3], [])
     op = recall_at_fpr(s, y, 0.05, reference_negative_scores=ref)
     assert op.threshold == 0.94 and op.value == 0.5
+
+
+def test_operating_threshold_200_negatives_uses_fpr_1e2():
+    # 200 negatives scored 0.000 .. 0.995 (step 0.005), shuffled, and positives that must not matter
+    rng = np.random.default_rng(7)
+    neg = rng.permutation(np.arange(200) * 0.005)
+    s, y = _sl([0.99, 0.9925, 2.0], neg)
+    op = operating_threshold(s, y)
+    # 1e-3 needs 1000 negatives; 1e-2 of 200 allows k = 2: the two highest negatives, 0.995 and 0.99
+    assert (op["fpr_target"], op["n_negatives"], op["n_false_positives_allowed"]) == (1e-2, 200, 2)
+    assert op["resolved"] and op["reason"] == "" and op["achieved_fpr"] == 2 / 200
+    assert op["negative_score_cut"] == 0.985  # the third-highest negative
+    assert int(np.sum(neg >= op["threshold"])) == 2  # exactly 2 negatives at or above it
+    assert 0.985 < op["threshold"] <= 0.99
+    # it selects the same rows as tpr_at_fpr: positives strictly above the third-highest negative
+    assert np.mean(np.array([0.99, 0.9925, 2.0]) >= op["threshold"]) == tpr_at_fpr(s, y, 1e-2).value == 1.0
+
+
+def test_operating_threshold_uses_1e3_when_resolvable():
+    neg = np.arange(1000) / 1000  # 0.000 .. 0.999
+    op = operating_threshold(neg, np.zeros(1000, int))
+    assert (op["fpr_target"], op["n_false_positives_allowed"], op["resolved"]) == (1e-3, 1, True)
+    assert int(np.sum(neg >= op["threshold"])) == 1 and op["negative_score_cut"] == 0.998
+    # one negative fewer: 1e-3 is not resolvable, 1e-2 allows floor(9.99) = 9
+    op = operating_threshold(neg[:-1], np.zeros(999, int))
+    assert (op["fpr_target"], op["n_false_positives_allowed"]) == (1e-2, 9)
+    assert int(np.sum(neg[:-1] >= op["threshold"])) == 9
+
+
+def test_operating_threshold_ties_and_too_few_negatives():
+    # ties at the cut are not selected: achieved FPR falls below the target rather than above it
+    neg = np.r_[np.full(3, 0.9), np.linspace(0.0, 0.5, 97)]
+    op = operating_threshold(neg, np.zeros(100, int))
+    assert op["n_false_positives_allowed"] == 1 and op["threshold"] > 0.9 and op["achieved_fpr"] == 0.0
+    # 50 negatives resolve neither 1e-3 nor 1e-2: the threshold sits just above the highest negative
+    op = operating_threshold(np.linspace(0, 0.7, 50), np.zeros(50, int))
+    assert not op["resolved"] and op["fpr_target"] == 1e-2 and op["n_false_positives_allowed"] == 0
+    assert 0.7 < op["threshold"] < 0.7 + 1e-12 and op["achieved_fpr"] == 0.0 and "need >= 100" in op["reason"]
+    op = operating_threshold([0.3, 0.4], [1, 1])
+    assert math.isnan(op["threshold"]) and not op["resolved"] and op["n_negatives"] == 0
+    with pytest.raises(RangeError, match="fprs"):
+        operating_threshold([0.1], [0], fprs=(0.0,))
+    with pytest.raises(InvalidValueError, match="fprs"):
+        operating_threshold([0.1], [0], fprs=())
 
 
 def test_binomial_ci_matches_scipy_exact():

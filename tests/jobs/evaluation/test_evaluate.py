@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
+from dhs_gen.errors import ConfigError
 from dhs_gen.physics.psf import gaussian_kernel
 from jobs.evaluation.evaluate import EvalConfig, compute_metrics
 from jobs.evaluation.gates import CentralPixels, central_logreg_auc, central_pixel_features, gate
@@ -79,7 +80,7 @@ def test_metrics_match_binormal_analytic_values():
 
 def test_recall_vs_theta_e_counts_by_hand():
     df = binormal_scores(600, {"sersic": 1.0}, seed=3)
-    m = compute_metrics(df, EvalConfig(n_boot=10))
+    m = compute_metrics(df, EvalConfig(n_boot=10, recall_threshold=0.5))
     rows = m["recall_vs_theta_e"]
     assert [r["center"] for r in rows] == [0.75, 1.5, 2.5]  # one bin per grid value
     inj = df[df["label"] == 1]
@@ -88,6 +89,59 @@ def test_recall_vs_theta_e_counts_by_hand():
         assert (r["n"], r["k"]) == (len(sel), int((sel["score"] >= 0.5).sum()))
         assert r["ci95"][0] <= r["recall"] <= r["ci95"][1]
     assert sum(r["n"] for r in m["recall_vs_arc_snr"]) == 600
+
+
+def test_recall_curves_use_the_operating_threshold_of_the_negatives():
+    df = binormal_scores(600, {"sersic": 1.0}, seed=3)
+    m = compute_metrics(df, EvalConfig(n_boot=10))
+    neg = np.sort(df.loc[df["label"] == 0, "score"].to_numpy())[::-1]
+    op, thr = m["operating_point"], m["recall_threshold"]
+    # 1200 negatives resolve FPR 1e-3: one negative allowed, the cut is the second-highest negative
+    assert (op["fpr_target"], op["n_negatives"], op["n_false_positives_allowed"], op["resolved"]) == (1e-3, 1200, 1, True)
+    assert op["negative_score_cut"] == neg[1] and op["achieved_fpr"] == 1 / 1200
+    assert thr["source"] == "operating_point" and thr["threshold"] == op["threshold"]
+    assert neg[1] < thr["threshold"] <= neg[0] and int(np.sum(neg >= thr["threshold"])) == 1
+    words = thr["text"].split()
+    assert words[:2] == ["operating", "threshold"] and thr["text"].endswith("(FPR 1e-3 on 1,200 negatives)")
+    assert float(words[2]) == pytest.approx(thr["threshold"], abs=0.01)
+    inj = df[df["label"] == 1]
+    for r in m["recall_vs_theta_e"]:
+        sel = inj[inj["theta_e_arcsec"] == r["center"]]
+        assert (r["n"], r["k"]) == (len(sel), int((sel["score"] >= thr["threshold"]).sum()))
+    # the recall curve agrees with TPR at FPR 1e-3 (same rows selected), far below the 0.5-threshold recall
+    k_all = sum(r["k"] for r in m["recall_vs_theta_e"])
+    assert k_all / 600 == pytest.approx(m["tpr_at_fpr"]["0.001"]["value"])
+    assert k_all / 600 < 0.3 < float(np.mean(inj["score"] >= 0.5))
+    assert m["config"]["recall_threshold"] is None and m["config"]["operating_fprs"] == (1e-3, 1e-2)
+
+
+def test_operating_threshold_with_fewer_than_1000_negatives_and_an_explicit_override():
+    df = binormal_scores(100, {"sersic": 2.0}, seed=4)  # 200 negatives: FPR 1e-2, 2 allowed
+    m = compute_metrics(df, EvalConfig(n_boot=10))
+    neg = np.sort(df.loc[df["label"] == 0, "score"].to_numpy())[::-1]
+    assert (m["operating_point"]["fpr_target"], m["operating_point"]["n_false_positives_allowed"]) == (1e-2, 2)
+    assert int(np.sum(neg >= m["recall_threshold"]["threshold"])) == 2
+    assert "(FPR 1e-2 on 200 negatives)" in m["recall_threshold"]["text"]
+    m2 = compute_metrics(df, EvalConfig(n_boot=10, recall_threshold=0.7))
+    assert m2["recall_threshold"] == {"threshold": 0.7, "source": "explicit",
+                                      "text": "threshold 0.7 (given explicitly, not the operating point)"}
+    assert m2["operating_point"] == m["operating_point"]  # still recorded beside the override
+    inj = df[df["label"] == 1]
+    assert sum(r["k"] for r in m2["recall_vs_theta_e"]) == int((inj["score"] >= 0.7).sum())
+
+
+def test_operating_threshold_without_enough_negatives_is_flagged():
+    rows = [{"task_id": f"t{i}", "label": i % 2, "split": "test", "cutout_ok": 1, "theta_e_arcsec": 1.0,
+             "score": s} for i, s in enumerate([0.2, 0.6, 0.4, 0.9, 0.7, 0.95])]
+    m = compute_metrics(pd.DataFrame(rows), EvalConfig(n_boot=10))
+    op, thr = m["operating_point"], m["recall_threshold"]
+    assert not op["resolved"] and op["n_negatives"] == 3 and 0.7 < thr["threshold"] < 0.7 + 1e-12
+    assert thr["text"].startswith("operating threshold 0.70 (just above all 3 negatives")
+    assert [(r["n"], r["k"]) for r in m["recall_vs_theta_e"]] == [(3, 2)]  # 0.9 and 0.95 of 0.6, 0.9, 0.95
+    with pytest.raises(ConfigError, match="recall_threshold"):
+        EvalConfig(recall_threshold=float("nan"))
+    with pytest.raises(ConfigError, match="operating_fprs"):
+        EvalConfig(operating_fprs=(1.0,))
 
 
 def test_paired_gates_by_hand():
@@ -178,12 +232,32 @@ def test_anchor_block_with_real_lens_scores():
     df = binormal_scores(100, {"sersic": 2.0})
     anchors = pd.DataFrame({"anchor_id": [f"a{i}" for i in range(8)], "label": [1, 1, 1, 1, 0, 0, 0, 0],
                             "score": [0.9, 0.8, 0.6, 0.3, 0.1, 0.2, 0.55, np.nan]})
-    a = compute_metrics(df, EvalConfig(n_boot=10), anchor_scores=anchors)["anchor_gate"]
+    a = compute_metrics(df, EvalConfig(n_boot=10, anchor_threshold=0.5), anchor_scores=anchors)["anchor_gate"]
     assert a["available"] and a["n_skipped_no_score"] == 1
     assert (a["n_known_lenses"], a["n_recovered_at_0p5"], a["n_hard_negatives"], a["n_contaminated_at_0p5"]) == (4, 3, 3, 1)
     assert a["tpr0"]["value"] == 0.75  # above the top negative 0.55: 0.9, 0.8, 0.6
     assert a["tpr10"]["resolved"] is False  # 3 negatives cannot leave 10 false positives
     assert a["recall_at_synthetic_fpr_0.001"]["n_neg"] == 200
+    assert a["threshold"] == 0.5 and a["threshold_source"] == "explicit" and a["operating_point"] is None
+
+
+def test_anchor_gate_runs_at_the_operating_threshold_of_the_synthetic_negatives():
+    df = binormal_scores(100, {"sersic": 2.0})  # 200 synthetic negatives: FPR 1e-2 -> 2 above the threshold
+    neg = np.sort(df.loc[df["label"] == 0, "score"].to_numpy())[::-1]
+    t = float(np.nextafter(neg[2], np.inf))
+    anchors = pd.DataFrame({"anchor_id": [f"a{i}" for i in range(6)], "label": [1, 1, 1, 0, 0, 0],
+                            "score": [neg[0], t, neg[2], 0.99999, neg[2], 0.1]})
+    a = compute_metrics(df, EvalConfig(n_boot=10), anchor_scores=anchors)["anchor_gate"]
+    assert a["threshold_source"] == "operating_point" and a["threshold"] == t
+    assert a["operating_point"]["fpr_target"] == 1e-2 and a["operating_point"]["n_negatives"] == 200
+    # found = score >= t: neg[0] and t are, neg[2] (the cut itself) is not
+    assert (a["n_recovered_at_threshold"], a["n_contaminated_at_threshold"]) == (2, 1)
+    assert (a["n_recovered_at_0p5"], a["recovery_rate"]) == (2, 2 / 3)
+    assert a["threshold_text"].endswith("(FPR 1e-2 on 200 negatives)")
+    # no synthetic negatives and no explicit threshold: said, not guessed
+    pos_only = df[df["label"] == 1]
+    b = compute_metrics(pos_only, EvalConfig(n_boot=10), anchor_scores=anchors)["anchor_gate"]
+    assert not b["available"] and "--anchor-threshold" in b["reason"]
 
 
 def _write_dataset(path, table: pa.Table):
@@ -223,9 +297,29 @@ def test_main_writes_metrics_plots_and_report(tmp_path):
     # masked scoring and the central-pixel check ran from --stamps / --checkpoint
     assert g["core_only_auc"]["value"] is not None and g["central_pixels_logreg_auc"]["value"] is not None
     html = (out / "report.html").read_text()
+    assert m["recall_threshold"]["source"] == "operating_point" and m["operating_point"]["n_negatives"] == 40
+    assert m["recall_threshold"]["text"] in html and "just above all 40 negatives" in html
     assert len(m["plots"]) == 6
     for name in m["plots"]:
         assert (out / name).stat().st_size > 1000 and f'href="{name}"' in html
+
+
+def test_main_explicit_thresholds_are_used_and_said(tmp_path):
+    from jobs.evaluation.evaluate import main
+
+    df = binormal_scores(60, {"sersic": 2.0}, seed=6)
+    _write_dataset(tmp_path / "scores", pa.Table.from_pandas(df, preserve_index=False))
+    anchors = pd.DataFrame({"anchor_id": ["a0", "a1", "a2", "a3"], "label": [1, 1, 0, 0], "score": [0.9, 0.3, 0.5, 0.1]})
+    _write_dataset(tmp_path / "anchors", pa.Table.from_pandas(anchors, preserve_index=False))
+    out = tmp_path / "report"
+    assert main(["--scores", str(tmp_path / "scores"), "--anchor-scores", str(tmp_path / "anchors"), "--out", str(out),
+                 "--n-boot", "10", "--recall-threshold", "0.5", "--anchor-threshold", "0.4"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["recall_threshold"] == 0.5 and m["recall_threshold"]["source"] == "explicit"
+    assert m["anchor_gate"]["threshold"] == 0.4 and m["anchor_gate"]["threshold_source"] == "explicit"
+    assert (m["anchor_gate"]["n_recovered_at_threshold"], m["anchor_gate"]["n_contaminated_at_threshold"]) == (1, 1)
+    html = (out / "report.html").read_text()
+    assert "threshold 0.5 (given explicitly" in html and "threshold 0.4 (given explicitly" in html
 
 
 def test_help_exits_cleanly(capsys):

@@ -115,6 +115,28 @@ def test_masks_blank_the_core_or_the_outskirts_after_normalisation():
     assert np.max(np.abs(plain - got)) > 1e-4  # the mask changes what the model sees
 
 
+def direct_logits(model, imgs: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(normalize_stamps(imgs))).double().numpy()
+
+
+def test_temperature_scales_the_logits_and_none_is_bit_identical():
+    from jobs.training.calibration import calibrated_proba
+
+    model = _tiny_model()
+    table = stamp_table(8)
+    imgs = np.stack([np.frombuffer(b, np.float32).reshape(3, N_PIX, N_PIX) for b in table["image"].to_pylist()])
+    plain = score_table(table, model)["score"].to_numpy()
+    # temperature None is the plain sigmoid, exactly as before temperatures existed
+    np.testing.assert_array_equal(score_table(table, model, temperature=None)["score"].to_numpy(), plain)
+    hot = score_table(table, model, temperature=4.0)
+    np.testing.assert_allclose(hot["score"].to_numpy(), calibrated_proba(direct_logits(model, imgs), 4.0), atol=1e-6)
+    assert hot.schema == scored_schema(STAMP_SCHEMA)
+    # T > 1 pulls every probability toward 1/2 and keeps the order
+    assert np.all(np.abs(hot["score"].to_numpy() - 0.5) <= np.abs(plain - 0.5) + 1e-12)
+    np.testing.assert_array_equal(np.argsort(hot["score"].to_numpy()), np.argsort(plain))
+
+
 def _write_dataset(path, tables):
     path.mkdir(parents=True)
     names = []
@@ -152,6 +174,31 @@ def test_spark_scoring_job_two_files_empty_partition_and_rejects(spark, tmp_path
     np.testing.assert_allclose(ok["score"].to_numpy(), [expect[t] for t in ok.index], atol=1e-6)
     assert manifest["rows_in"] == 12
     assert manifest["extra"]["score_status"] == {"cutout_not_ok": 1, "ok": 11}
+    assert manifest["extra"]["temperature"] is None and manifest["extra"]["score_definition"] == "sigmoid(logit)"
+
+
+def test_spark_scoring_applies_the_checkpoint_temperature(spark, tmp_path):
+    from jobs.evaluation.score import run
+    from jobs.runtime import outputs
+    from jobs.training.calibration import calibrated_proba
+
+    model = _tiny_model()
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(str(ckpt), model, ModelConfig(arch="resnet_small", width=4), extra={"temperature": 2.5})
+    a = stamp_table(6, seed=3, prefix="a")
+    _write_dataset(tmp_path / "stamps", [a])
+    manifest = run(str(ckpt), str(tmp_path / "stamps"), str(tmp_path / "scores"), batch_size=4, partitions=2,
+                   spark=spark)
+    assert manifest["extra"]["temperature"] == 2.5
+    assert manifest["extra"]["score_definition"] == "sigmoid(logit / temperature)"
+    assert outputs.read_manifest(str(tmp_path / "scores"))["extra"]["temperature"] == 2.5
+    files = outputs.dataset_files(str(tmp_path / "scores"))
+    out = pa.concat_tables([pq.read_table(f) for f in files])
+    assert out.schema == scored_schema(STAMP_SCHEMA)
+    out = out.to_pandas().set_index("task_id")
+    imgs = np.stack([np.frombuffer(x, np.float32).reshape(3, N_PIX, N_PIX) for x in a["image"].to_pylist()])
+    expect = dict(zip(a["task_id"].to_pylist(), calibrated_proba(direct_logits(model, imgs), 2.5), strict=True))
+    np.testing.assert_allclose(out["score"].to_numpy(), [expect[t] for t in out.index], atol=1e-6)
 
 
 def test_bad_mask_fails_before_spark(tmp_path):

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from scipy.stats import binomtest
 
@@ -131,3 +132,51 @@ def test_run_threshold_and_fpr_write_a_committed_table_and_plot(tmp_path):
         completeness.run(scores, out2, threshold=0.5)
     with pytest.raises(InvalidValueError):
         completeness.run(scores, str(tmp_path / "x"), threshold=0.5, fpr=0.1)
+
+
+def _negatives(scores) -> pa.Table:
+    n = len(scores)
+    return pa.table({
+        "task_id": [f"n{i}" for i in range(n)], "label": pa.array([0] * n, pa.int8()),
+        "theta_e_arcsec": [0.8] * n, "arc_snr": [5.0] * n, "score": np.asarray(scores, dtype=float),
+        "score_status": ["ok"] * n, "psf_fwhm_r_arcsec": [1.0] * n, "psfdepth_r_nmgy": [0.5] * n,
+        "split": ["test"] * n,
+    })
+
+
+def test_default_threshold_is_the_operating_point_of_the_label0_rows(tmp_path):
+    # 199 controls scored 0.000 .. 0.792 (step 0.004) plus the control of _rows() at 0.99: 200 negatives,
+    # FPR 1e-2 allows 2 (0.99 and 0.792) -> the cut is the third-highest negative, 0.788
+    rng = np.random.default_rng(0)
+    neg = rng.permutation(np.arange(199) * 0.004)
+    rows = _rows()
+    scores = _scored_dataset(tmp_path, [rows, _negatives(neg)])
+    out = str(tmp_path / "comp")
+    assert completeness.main(["--scores", scores, "--out", out]) == 0   # neither --threshold nor --fpr
+    m = outputs.read_manifest(out)
+    op = m["config"]["operating_point"]
+    assert (op["mode"], op["fpr_target"], op["n_negatives"], op["n_false_positives_allowed"]) == (
+        "operating_point", 0.01, 200, 2)
+    assert op["resolved"] and op["threshold"] == pytest.approx(0.788) and op["achieved_fpr"] == 0.01
+    assert op["operating_threshold"] == np.nextafter(op["threshold"], np.inf)   # dhs evaluate's ">=" form
+    # injections strictly above 0.788: 0.9, 0.99 (the one outside theta_E bins counts overall); 0.7, 0.5, 0.2 do not
+    assert (m["extra"]["n_recovered"], m["extra"]["n_injections_scored"]) == (2, 5)
+    table = storage.read_parquet(outputs.dataset_files(out))
+    assert set(table.column("threshold").to_pylist()) == {op["threshold"]}
+
+
+def test_default_operating_point_uses_1e3_with_1000_negatives_and_needs_negatives(tmp_path):
+    neg = np.arange(1000) / 1000                     # 0.000 .. 0.999, of which 1 may pass at FPR 1e-3
+    op = completeness.default_operating_point(neg)
+    assert (op["fpr_target"], op["n_false_positives_allowed"], op["threshold"]) == (1e-3, 1, 0.998)
+    op = completeness.default_operating_point(neg[:999])
+    assert (op["fpr_target"], op["n_false_positives_allowed"], op["threshold"]) == (1e-2, 9, 0.989)
+    # --negatives replaces the label-0 rows of the scores; no negatives at all is an error, not a 0.5 guess
+    rows = _rows()
+    injections = rows.filter(pc.equal(rows["label"], 1))
+    scores = _scored_dataset(tmp_path, [injections])
+    with pytest.raises(InvalidValueError, match="negatives"):
+        completeness.run(scores, str(tmp_path / "x"))
+    negs = _scored_dataset(tmp_path / "n", [_negatives(neg)])
+    m = completeness.run(scores, str(tmp_path / "y"), negatives_uri=negs)
+    assert m["config"]["operating_point"]["threshold"] == 0.998 and m["extra"]["n_recovered"] == 0

@@ -127,3 +127,16 @@ def test_numpy_scalars_in_metadata_become_plain(tmp_path):
     _, meta = load_checkpoint(str(tmp_path / "c.pt"))
     assert meta["train_config"]["seed"] == 3 and type(meta["train_config"]["seed"]) is int
     assert type(meta["auc"]) is float
+
+
+def test_temperature_travels_in_the_checkpoint_meta(tmp_path):
+    import numpy as np
+
+    from jobs.training.calibration import checkpoint_temperature
+
+    cfg = ModelConfig(width=4)
+    save_checkpoint(str(tmp_path / "t.pt"), build_model(cfg), cfg, {}, {"temperature": np.float64(2.75)})
+    _, meta = load_checkpoint(str(tmp_path / "t.pt"))
+    assert checkpoint_temperature(meta) == meta["temperature"] == 2.75 and type(meta["temperature"]) is float
+    save_checkpoint(str(tmp_path / "u.pt"), build_model(cfg), cfg)
+    assert checkpoint_temperature(load_checkpoint(str(tmp_path / "u.pt"))[1]) is None
