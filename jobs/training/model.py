@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass
 
@@ -289,7 +290,13 @@ def load_checkpoint(path_or_uri: str, map_location="cpu") -> tuple[LensResNet, d
             src = io.BytesIO(f.read())
     else:
         src = os.path.abspath(path_or_uri)
-    payload = torch.load(src, map_location=map_location, weights_only=True)
+    try:
+        payload = torch.load(src, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, i.e. running the file's code: never here
+        raise InvalidValueError("checkpoint", str(path_or_uri), "is not a trusted checkpoint of this project (it "
+                                "holds Python objects beyond tensors, numbers, strings, lists and dicts); "
+                                "it was not loaded") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise InvalidValueError("checkpoint format", found, f"expected {CHECKPOINT_FORMAT!r}")

@@ -112,11 +112,13 @@ class _Evil:
         return (print, ("code ran while loading",))
 
 
-def test_loading_a_malicious_checkpoint_fails(tmp_path):
+def test_loading_a_malicious_checkpoint_fails(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"format": "dhs-checkpoint/1", "payload": _Evil()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(InvalidValueError, match="not a trusted checkpoint") as err:
         load_checkpoint(str(path))
+    assert "weights_only=False" not in str(err.value)       # never advise running the file's code
+    assert "code ran" not in capsys.readouterr().out
 
 
 def test_numpy_scalars_in_metadata_become_plain(tmp_path):
