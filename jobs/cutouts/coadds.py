@@ -10,6 +10,7 @@ Bad data never raises out of here: a missing or unreadable file is recorded in
 ``CoaddBrick.problems`` and every stamp of that brick is returned with ``ok = False`` and one
 of the reject reasons below (snake_case, exact strings, counted in stage manifests):
 
+``missing_brick``        the brick's folder is absent (no file of it at all)
 ``missing_band:<b>``     a file of band <b> (image, invvar or psfsize) is absent
 ``corrupt_fits:<b>``     a file of band <b> cannot be read as FITS image data (or has the wrong shape)
 ``missing_maskbits``     the maskbits file is absent
@@ -178,6 +179,10 @@ def load_brick(coadd_root_uri: str, brickname: str, bands: str = DEFAULT_BANDS) 
     from astropy.wcs import WCS
 
     brick = CoaddBrick(brickname=str(brickname), bands=str(bands))
+    folder = storage.join(coadd_root_uri, str(brickname)[:3], str(brickname))
+    if not storage.is_dir(folder) or not storage.list_files(folder):   # not one file: the brick is absent
+        brick.problems["brick"] = f"missing brick folder {folder}"
+        return brick
     for b in bands:
         maps = {}
         for kind in FILE_KINDS:
@@ -210,6 +215,8 @@ def load_brick(coadd_root_uri: str, brickname: str, bands: str = DEFAULT_BANDS) 
 
 
 def _reason_for_problem(key: str, text: str) -> str:
+    if key == "brick":
+        return "missing_brick"
     if key == "maskbits":
         return "missing_maskbits" if text.startswith("missing") else "corrupt_fits:maskbits"
     return f"missing_band:{key}" if text.startswith("missing") else f"corrupt_fits:{key}"
@@ -243,7 +250,7 @@ def cut_stamp_at(brick: CoaddBrick, x: float, y: float, size_pix: int = 64) -> H
     """:func:`cut_stamp` at a brick pixel position ``(x, y)`` (0-based, x = column) instead of a sky position."""
     size = int(size_pix)
     out = HostStamp(brickname=brick.brickname, bands=brick.bands, size_pix=size, ok=False)
-    for key in list(brick.bands) + ["maskbits"]:
+    for key in ["brick", *brick.bands, "maskbits"]:
         if key in brick.problems:
             out.reject_reason = _reason_for_problem(key, brick.problems[key])
             return out

@@ -145,6 +145,39 @@ def read_dataset_df(spark, uri: str, schema: pa.Schema = MANIFEST_SCHEMA):
     return paths.repartition(max(1, len(files))).mapInArrow(stage.with_storage_env(read), stage.spark_schema(schema))
 
 
+def check_manifest_parts(manifest_uri: str, m: dict) -> None:
+    """On the driver, before Spark: every part the manifest lists is there with its recorded rows (Parquet
+    footers), and no task_id appears twice across the parts (64-bit hashes in memory, 8 bytes a task;
+    a repeated hash is confirmed on the ids themselves)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    recorded = m.get("file_rows") or {}
+    hashes, ids_of = [], {}
+    for uri in outputs.dataset_files(manifest_uri):
+        name = uri.rsplit("/", 1)[-1]
+        fs, path = storage.resolve(uri)
+        with fs.open_input_file(path) as f:
+            ids = pq.ParquetFile(f).read(columns=["task_id"]).column(0).to_numpy(zero_copy_only=False)
+        if name in recorded and int(recorded[name]) != len(ids):
+            raise InvalidValueError("manifest part", uri,
+                                    f"holds {len(ids)} rows, its _manifest.json records {recorded[name]}")
+        hashes.append(pd.util.hash_array(ids.astype(object)))
+        ids_of[uri] = ids
+    if not hashes:
+        return
+    h = np.concatenate(hashes)
+    values, counts = np.unique(h, return_counts=True)
+    repeated = set(values[counts > 1].tolist())
+    if repeated:
+        candidates = [i for ids, hs in zip(ids_of.values(), hashes, strict=True) for i, x in zip(ids, hs, strict=True)
+                      if int(x) in repeated]
+        dup = sorted({i for i in candidates if candidates.count(i) > 1})
+        if dup:
+            raise InvalidValueError("manifest", manifest_uri, f"task_id {dup[0]!r} appears more than once "
+                                    f"({len(dup)} repeated): a task must be planned once (re-run dhs manifest)")
+
+
 def resolve_coadd_root(coadds_uri: str) -> str:
     """Accept the sky directory or its ``coadd/`` folder (DR10 layout ``coadd/<bri>/<brick>/``)."""
     inner = storage.join(coadds_uri, "coadd")
@@ -167,8 +200,12 @@ def run(manifest_uri: str, coadds_uri: str | None, out_uri: str, partitions: int
         outputs.require_input(hosts_uri, stage="hosts")
     cfg = config_from_dict(m["config"])          # validated on the driver, before any task runs
     open_banks(cfg)                              # a wrong bank path fails here, not on executors
-    outputs.prepare_output(out_uri, overwrite, (manifest_uri, coadds_uri, hosts_uri))
     coadd_root = resolve_coadd_root(coadds_uri) if coadds_uri else None
+    if coadd_root and not storage.is_dir(coadd_root):
+        raise InvalidValueError("coadds", coadds_uri, "no such coadd root: give the sky folder or its coadd/ "
+                                "folder (local or s3://), e.g. the --dest of `dhs coadd-cache` + /coadd")
+    check_manifest_parts(manifest_uri, m)
+    outputs.prepare_output(out_uri, overwrite, (manifest_uri, coadds_uri, hosts_uri))
     git_sha = outputs.git_sha()
     spark = spark or get_spark("dhs-4c-inject")
     from pyspark.sql import functions as F

@@ -207,9 +207,9 @@ def test_missing_and_corrupt_maskbits_and_missing_brick(broken_sky):
     assert cut_stamp(load_brick(root, BRICK), ra, dec).reject_reason == "corrupt_fits:maskbits"
     path.unlink()
     assert cut_stamp(load_brick(root, BRICK), ra, dec).reject_reason == "missing_maskbits"
-    absent = load_brick(root, "0001m040")
-    assert set(absent.problems) == {"g", "r", "z", "maskbits"}
-    assert cut_stamp(absent, 0.1, -4.0).reject_reason == "missing_band:g"
+    absent = load_brick(root, "0001m040")                     # no file of it at all: the brick is absent
+    assert set(absent.problems) == {"brick"}
+    assert cut_stamp(absent, 0.1, -4.0).reject_reason == "missing_brick"
 
 
 def _rewrite(path: Path, edit) -> None:

@@ -129,3 +129,22 @@ def test_row_groups_hold_one_split_and_pixels_are_not_dictionary_encoded(stamps)
             assert not any("DICT" in e for e in image.encodings)
     # Bricks (and so splits) of the small sky: at least two splits, so the check above bites.
     assert len(splits_seen) >= 2
+
+
+def test_a_missing_coadd_root_or_a_duplicated_task_fails_before_spark(small_sky, small_manifest, tmp_path):
+    from dhs_gen.errors import InvalidValueError
+
+    with pytest.raises(InvalidValueError, match="no such coadd root"):
+        inject.run(str(small_manifest), str(tmp_path / "nowhere"), str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists()
+    # a manifest whose second part repeats a task of the first
+    dup = tmp_path / "dup"
+    shutil.copytree(small_manifest, dup)
+    parts = sorted(dup.glob("part-*.parquet"))
+    shutil.copy(parts[0], dup / "part-09999.parquet")
+    m = outputs.read_manifest(str(dup))
+    m["files"].append("part-09999.parquet")
+    storage.write_json(str(dup / outputs.MANIFEST_NAME), m)
+    with pytest.raises(InvalidValueError, match="appears more than once"):
+        inject.run(str(dup), str(small_sky), str(tmp_path / "s2"))
+    assert not (tmp_path / "s2").exists()
