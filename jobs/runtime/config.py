@@ -190,6 +190,31 @@ class ExperimentConfig:
         return storage.config_hash(self.to_dict())
 
 
+#: What a YAML value of each declared field type may be (bool is not a number here: YAML's
+#: ``yes``/``true`` must not become 1).
+_TYPE_RULES = {
+    "bool": (lambda v: isinstance(v, bool), "a boolean (true / false)"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "dict": (lambda v: isinstance(v, dict), "a mapping"),
+    "tuple": (lambda v: isinstance(v, list | tuple), "a list"),
+    "SourceConfig": (lambda v: isinstance(v, dict), "a mapping of source fields"),
+    "LensConfig": (lambda v: isinstance(v, dict), "a mapping of lens fields"),
+}
+
+
+def _check_type(name: str, declared: str, value) -> None:
+    """ConfigError unless ``value`` is of the field's declared type (``T | None`` also takes null)."""
+    kinds = [k.strip() for k in str(declared).split("|")]
+    if value is None and "None" in kinds:
+        return
+    rules = [_TYPE_RULES[k] for k in kinds if k in _TYPE_RULES]
+    if rules and not any(ok(value) for ok, _ in rules):
+        allowed = " or ".join(what for _, what in rules) + (" or null" if "None" in kinds else "")
+        raise ConfigError(name, value, f"must be {allowed}, not {type(value).__name__}")
+
+
 def _build(cls, data: dict, prefix: str):
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(known))
@@ -197,10 +222,11 @@ def _build(cls, data: dict, prefix: str):
         raise ConfigError(f"{prefix}{unknown[0]}", data[unknown[0]], f"unknown field; allowed: {sorted(known)}")
     kwargs = {}
     for key, value in data.items():
+        _check_type(f"{prefix}{key}", known[key].type, value)
         if key == "source":
-            value = _build(SourceConfig, value or {}, "source.")
+            value = _build(SourceConfig, value, "source.")
         elif key == "lens":
-            value = _build(LensConfig, value or {}, "lens.")
+            value = _build(LensConfig, value, "lens.")
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -223,15 +249,28 @@ def find_yaml(name_or_path: str, folder: Path, field: str = "config") -> Path:
     return path
 
 
-def read_config_dict(name_or_path: str) -> dict:
-    """YAML of a preset name (``configs/<name>.yaml``) or a path, following ``extends:`` chains."""
+def read_config_dict(name_or_path: str, _chain: tuple = ()) -> dict:
+    """YAML of a preset name (``configs/<name>.yaml``) or a path, following ``extends:`` chains.
+
+    An empty file, a YAML syntax error (with its line) and an ``extends`` cycle are ConfigErrors.
+    """
     path = find_yaml(name_or_path, CONFIG_DIR)
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+    if path.resolve() in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, path.resolve()))
+        raise ConfigError("extends", str(name_or_path), f"a cycle: {cycle}")
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("config", str(path), f"not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        raise ConfigError("config", str(path), "the file is empty; it must be a mapping of fields")
     if not isinstance(data, dict):
         raise ConfigError("config", str(path), "the YAML must be a mapping of fields")
     parent = data.pop("extends", None)
-    return _deep_merge(read_config_dict(parent), data) if parent else data
+    return _deep_merge(read_config_dict(parent, (*_chain, path.resolve())), data) if parent else data
 
 
 def config_from_dict(data: dict) -> ExperimentConfig:

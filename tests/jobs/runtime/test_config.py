@@ -52,3 +52,34 @@ def test_bad_values_name_field_value_and_range(override, field, fragment):
 def test_unknown_preset_lists_presets():
     with pytest.raises(ConfigError, match="gen7"):
         load_config("gen99")
+
+
+@pytest.mark.parametrize("override, field, words", [
+    ({"paired_controls": "false"}, "paired_controls", "a boolean"),
+    ({"source": {"hybrid_gradient": "0.15"}}, "source.hybrid_gradient", "a number"),
+    ({"n_replicates": 1.5}, "n_replicates", "an integer"),
+    ({"n_replicates": True}, "n_replicates", "an integer"),
+    ({"source": ["sersic"]}, "source", "a mapping"),
+    ({"lens": {"theta_e_arcsec": 1.2}}, "lens.theta_e_arcsec", "a list"),
+])
+def test_config_types_are_enforced_before_spark(override, field, words):
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", override)
+    assert err.value.field == field and words in str(err.value)
+
+
+def test_empty_broken_and_cyclic_yaml_are_config_errors(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(str(empty))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("seed: 1\nlens: [1.0, 2.0\nstamp_size_pix: 64\n")
+    with pytest.raises(ConfigError, match="line 3") as err:
+        load_config(str(broken))
+    assert str(broken) in str(err.value)
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(f"extends: {b}\nseed: 1\n")
+    b.write_text(f"extends: {a}\nseed: 2\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(str(a))
