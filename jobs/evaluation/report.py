@@ -253,8 +253,9 @@ def _gate_rows(gates: list[dict]) -> str:
     for g in gates:
         cls = {True: "pass", False: "fail", None: "na"}[g["pass"]]
         word = VERDICT[g["pass"]]
+        limit = html.escape(f"{g['comparison']} {g['threshold']}")
         out.append(f'<tr class="{cls}"><td>{html.escape(g["name"])}</td><td>{_fmt(g["value"])}</td>'
-                   f'<td>{g["comparison"]} {g["threshold"]}</td><td>{word}</td>'
+                   f'<td>{limit}</td><td>{word}</td>'
                    f'<td>{html.escape(g.get("reason") or "")}</td></tr>')
     return "".join(out)
 
