@@ -137,15 +137,21 @@ def _text_lines(path) -> Iterable[tuple[int, str]]:
 def read_lenscat(path) -> CatalogRead:
     """lenscat CSV (name, RA [deg], DEC [deg], zlens, type, grading, ref): confident -> known_lens, probable -> candidate."""
     out, grading_class = _Collector("lenscat"), {"confident": "known_lens", "probable": "candidate"}
-    lines = [text for _, text in _text_lines(path)]
-    reader = csv.reader(lines)
-    header = next(reader)
+    lines = list(_text_lines(path))
+    if not lines:
+        raise InvalidValueError("lenscat", str(path), "is empty: expected a header line and data lines")
+    header = next(csv.reader([lines[0][1]]))
     col = {h: i for i, h in enumerate(header)}
     for want in ("name", "RA [deg]", "DEC [deg]", "zlens", "type", "grading"):
         if want not in col:
             raise InvalidValueError("lenscat header", header, f"must contain {want!r}")
-    for rec in reader:
-        line = reader.line_num
+    # one physical line, one record: a stray quote on one line must not swallow the lines after it
+    for line, text in lines[1:]:
+        try:
+            rec = next(csv.reader([text], strict=True), [])
+        except csv.Error as err:
+            out.reject(line, f"unparseable CSV line ({err})")
+            continue
         if len(rec) != len(header):
             out.reject(line, f"{len(rec)} fields, header has {len(header)}")
             continue

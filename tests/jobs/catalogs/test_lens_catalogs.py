@@ -217,3 +217,15 @@ def test_gz2_reader_reads_gzip_bytes(shared_data, tmp_path):
     raw = tmp_path / "gz2.fits"
     raw.write_bytes(gzip.decompress((shared_data / DEFAULT_FILES["gz2"]).read_bytes()))
     assert read_catalog("gz2", raw).table.num_rows == 19761
+
+
+def test_an_unterminated_quote_is_one_rejected_line_not_the_rest_of_the_file(shared_data, tmp_path):
+    real = (shared_data / DEFAULT_FILES["lenscat"]).read_text().splitlines()
+    data = real[1:19]                                    # 18 real data lines
+    data[4] = data[4].replace(",", ',"', 1)              # line 6: a quote that never closes
+    path = tmp_path / "lenscat_quote.csv"
+    path.write_text("\n".join([real[0], *data]) + "\n")
+    res = read_catalog("lenscat", path)
+    assert res.rows_in == 18                             # every physical line is a row or a reject
+    assert res.table.num_rows + res.rejects.num_rows == 18
+    assert [r["line"] for r in res.rejects.to_pylist()] == [6]
