@@ -212,11 +212,11 @@ def commit(out_uri: str, run_id: str, reports: list[dict], manifest: dict, repla
 
 def retire_dataset(out_uri: str) -> None:
     """Delete the committed dataset at ``out_uri``: ``_manifest.json`` first (it stops counting as
-    complete), then its part files and rejects; other files in the folder are left alone."""
+    complete), then its part files; other files in the folder are left alone (a stage writes its
+    ``_rejects.parquet`` anew, before it commits)."""
     storage.delete_file(storage.join(out_uri, MANIFEST_NAME))
     for uri in _part_files(out_uri):
         storage.delete_file(uri)
-    storage.delete_file(storage.join(out_uri, REJECTS_FILE))
 
 
 def _part_files(out_uri: str) -> list[str]:

@@ -30,7 +30,7 @@ from dhs_gen.errors import ConfigError
 from dhs_gen.utils import categorical_from_hash, hash_uint64, rng_for
 from jobs.runtime import outputs, stage, storage
 from jobs.runtime.config import SPLITS, ExperimentConfig, load_config
-from jobs.runtime.schema import MANIFEST_SCHEMA
+from jobs.runtime.schema import MANIFEST_SCHEMA, REJECT_SCHEMA
 
 SPLIT_SALT = "split_v1"  # independent of the experiment seed: every generation shares the test bricks
 PARENT_COLUMNS = {"RA": "ra", "DEC": "dec", "BRICKNAME": "brickname", "FLUX_G": "host_flux_g_nmgy",
@@ -73,6 +73,29 @@ def read_hosts(uri: str, max_hosts: int | None = None) -> pa.Table:
     if table is None or table.num_rows == 0:
         raise ConfigError("hosts", uri, f"the host dataset has no hosts ({m.get('rows_rejected', 0)} rejected)")
     return table.slice(0, max_hosts) if max_hosts else table
+
+
+def screen_hosts(hosts: pa.Table) -> tuple[pa.Table, list[dict]]:
+    """(usable hosts, rejects): a host needs a finite RA in [0, 360), Dec in [-90, 90] and a brick name
+    (hosts of a host dataset without a position are usable: they carry their own ``host_id``)."""
+    keep, rejects = [], []
+    for i, h in enumerate(hosts.to_pylist()):
+        ra, dec, brick = h.get("ra"), h.get("dec"), h.get("brickname")
+        reason = None
+        if h.get("host_id") and ra is None and dec is None:
+            reason = None
+        elif ra is None or dec is None or not (math.isfinite(ra) and math.isfinite(dec)):
+            reason = "nonfinite_position"
+        elif not (0.0 <= ra < 360.0 and -90.0 <= dec <= 90.0):
+            reason = "position_out_of_range"
+        elif not brick:
+            reason = "missing_brickname"
+        if reason:
+            rejects.append({"name": h.get("host_id") or f"row {i}", "ra": ra, "dec": dec, "reason": reason,
+                            "detail": f"parent row {i}"})
+        else:
+            keep.append(i)
+    return hosts.take(pa.array(keep, pa.int64())), rejects
 
 
 def host_id(brickname: str, ra: float, dec: float) -> str:
@@ -173,7 +196,13 @@ def run(parent_uri: str | None, cfg: ExperimentConfig, out_uri: str, partitions:
 
     t0 = time.perf_counter()
     hosts = read_hosts(hosts_uri, cfg.max_hosts) if hosts_uri else read_parent_sample(parent_uri, cfg.max_hosts)
+    n_hosts_in = hosts.num_rows
+    hosts, host_rejects = screen_hosts(hosts)
+    if hosts.num_rows == 0:
+        raise ConfigError("hosts" if hosts_uri else "parent", hosts_uri or parent_uri,
+                          f"has no usable host ({n_hosts_in} rows, {len(host_rejects)} rejected: bad position or brick)")
     outputs.prepare_output(out_uri, overwrite, (parent_uri, hosts_uri))
+    storage.write_parquet(pa.Table.from_pylist(host_rejects, REJECT_SCHEMA), storage.join(out_uri, outputs.REJECTS_FILE))
     spark = spark or get_spark("dhs-4a-manifest")
     df = spark.createDataFrame(hosts.to_pandas()).repartition(partitions)
     config_hash = cfg.config_hash()
@@ -181,7 +210,12 @@ def run(parent_uri: str | None, cfg: ExperimentConfig, out_uri: str, partitions:
     seconds = time.perf_counter() - t0
     n_rows = sum(r["rows"] for r in reports)
     per_host = len(cfg.lens.theta_e_arcsec) * cfg.n_replicates
-    extra = {"n_hosts": hosts.num_rows, "pairs_per_host": per_host}
+    by_reason: dict = {}
+    for r in host_rejects:
+        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+    extra = {"n_hosts": hosts.num_rows, "pairs_per_host": per_host, "hosts_in": n_hosts_in,
+             "hosts_rejected": len(host_rejects), "hosts_rejected_by_reason": by_reason,
+             "rejects_file": outputs.REJECTS_FILE}
     inputs = {"hosts": hosts_uri} if hosts_uri else {"parent": parent_uri}
     manifest = stage.commit_stage("4a_manifest", out_uri, run_id, reports, cfg.to_dict(), inputs,
                                   rows_in=n_rows, timings={"total_s": seconds}, extra=extra, replace=overwrite)

@@ -324,18 +324,22 @@ def count_rows(uris, split: str | None = None) -> dict:
     -------
     dict
         ``n_rows`` (all rows), ``n_split`` (rows of ``split``), ``n_ok`` (of those, cutout_ok == 1:
-        what the reader yields) and ``n_rejected`` (of those, cutout_ok != 1: skipped, counted).
+        what the reader yields), ``n_rejected`` (of those, cutout_ok != 1: skipped, counted) and
+        ``n_label_1`` / ``n_label_0`` (the usable rows by class).
     """
-    n_rows = n_split = n_ok = 0
+    n_rows = n_split = n_ok = n_pos = 0
     for uri in dataset_files(uris):
-        for b in _iter_file_batches(uri, ["split", "cutout_ok"], 65536):
+        for b in _iter_file_batches(uri, ["split", "cutout_ok", "label"], 65536):
             n_rows += b.num_rows
             in_split = pc.fill_null(pc.equal(b.column("split"), split), False) if split else pa.array(
                 np.ones(b.num_rows, bool))
             n_split += pc.sum(pc.cast(in_split, pa.int64())).as_py() or 0
             ok = pc.and_(in_split, pc.fill_null(pc.equal(b.column("cutout_ok"), 1), False))
             n_ok += pc.sum(pc.cast(ok, pa.int64())).as_py() or 0
-    return {"n_rows": n_rows, "n_split": n_split, "n_ok": n_ok, "n_rejected": n_split - n_ok}
+            pos = pc.and_(ok, pc.fill_null(pc.equal(b.column("label"), 1), False))
+            n_pos += pc.sum(pc.cast(pos, pa.int64())).as_py() or 0
+    return {"n_rows": n_rows, "n_split": n_split, "n_ok": n_ok, "n_rejected": n_split - n_ok,
+            "n_label_1": n_pos, "n_label_0": n_ok - n_pos}
 
 
 def stamp_shape(uris) -> tuple:

@@ -292,6 +292,10 @@ def train(stamps_uri, out_dir: str, cfg: TrainConfig, resume_from: str | None = 
     rows = {"train": count_rows(stamps_uri, "train"), "val": count_rows(stamps_uri, "val")}
     if rows["train"]["n_ok"] == 0:
         raise ConfigError("stamps", str(stamps_uri), f"has no usable train rows (counts {rows['train']})")
+    if rows["train"]["n_label_1"] == 0 or (rows["train"]["n_label_0"] == 0 and not hard_negatives):
+        raise ConfigError("stamps", str(stamps_uri), f"train rows of one class only ({rows['train']['n_label_1']} "
+                          f"lenses, {rows['train']['n_label_0']} non-lenses): a finder needs both; check the "
+                          "manifest's paired_controls, or give --hard-negatives")
     steps_per_epoch = max(1, math.ceil(rows["train"]["n_ok"] / cfg.batch_size))
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)

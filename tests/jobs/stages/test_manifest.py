@@ -87,3 +87,29 @@ def test_missing_parent_column_is_a_config_error(tmp_path):
     pq.write_table(pa.table({"RA": [1.0], "DEC": [2.0]}), path)
     with pytest.raises(ValueError, match="BRICKNAME"):
         manifest.read_parent_sample(str(path))
+
+
+def test_bad_parent_rows_are_rejected_hosts_and_an_empty_parent_is_an_error(spark, tmp_path):
+    import math
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dhs_gen.errors import ConfigError
+    from jobs.runtime import outputs, storage
+    from jobs.runtime.config import load_config
+
+    cols = {"RA": [10.0, math.nan, 11.0, 400.0], "DEC": [1.0, 2.0, 3.0, 1.0],
+            "BRICKNAME": ["0100p010", "0100p010", None, "0100p010"], "FLUX_G": [1.0] * 4, "FLUX_R": [1.0] * 4,
+            "FLUX_Z": [1.0] * 4}
+    pq.write_table(pa.table(cols), tmp_path / "p.parquet")
+    m = manifest.run(str(tmp_path / "p.parquet"), load_config("demo"), str(tmp_path / "m"), partitions=2, spark=spark)
+    assert (m["extra"]["hosts_in"], m["extra"]["n_hosts"]) == (4, 1)
+    assert m["extra"]["hosts_rejected_by_reason"] == {"nonfinite_position": 1, "missing_brickname": 1,
+                                                       "position_out_of_range": 1}
+    rejects = storage.read_parquet(str(tmp_path / "m" / outputs.REJECTS_FILE)).to_pylist()
+    assert sorted(r["detail"] for r in rejects) == ["parent row 1", "parent row 2", "parent row 3"]
+    pq.write_table(pa.table(cols).slice(0, 0), tmp_path / "empty.parquet")
+    with pytest.raises(ConfigError, match="no usable host"):
+        manifest.run(str(tmp_path / "empty.parquet"), load_config("demo"), str(tmp_path / "m2"), spark=spark)
+    assert not (tmp_path / "m2").exists()

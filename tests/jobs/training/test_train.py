@@ -195,3 +195,19 @@ def test_best_checkpoint_carries_the_validation_temperature(tiny, tmp_path):
     assert t == pytest.approx(fit_temperature(logits, labels), rel=1e-9)
     calib = json.loads((tmp_path / "m" / "calibration.json").read_text())
     assert calib["val_bce_after"] <= calib["val_bce_before"] + 1e-12
+
+
+def test_training_on_one_class_is_refused_before_any_step(tmp_path):
+    import pyarrow.compute as pc
+
+    src = tmp_path / "src"
+    make_synthetic_stamps(str(src), n_hosts=20, n_files=1, size=32, split_probs=(0.7, 0.3, 0.0), seed=4)
+    part = next(src.glob("part-*.parquet"))
+    table = pq.read_table(part)
+    pq.write_table(table.filter(pc.equal(table["label"], 1)), part)      # only the injections left
+    manifest = json.loads((src / "_manifest.json").read_text())
+    manifest["file_rows"] = {part.name: pq.read_metadata(part).num_rows}
+    (src / "_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="one class only"):
+        train(str(src), str(tmp_path / "m"), TrainConfig(epochs=1, **FAST), progress=False)
+    assert not (tmp_path / "m" / "best.pt").exists()
