@@ -13,6 +13,7 @@ of the reject reasons below (snake_case, exact strings, counted in stage manifes
 ``missing_brick``        the brick's folder is absent (no file of it at all)
 ``missing_band:<b>``     a file of band <b> (image, invvar or psfsize) is absent
 ``corrupt_fits:<b>``     a file of band <b> cannot be read as FITS image data (or has the wrong shape)
+``checksum_mismatch:<b>`` a file of band <b> (or maskbits) fails its own CHECKSUM / DATASUM
 ``missing_maskbits``     the maskbits file is absent
 ``corrupt_fits:maskbits`` the maskbits file cannot be read
 ``off_brick_edge``       the stamp is not fully inside the brick image
@@ -132,19 +133,36 @@ class HostStamp:
 
 
 def _read_fits_image(uri: str):
-    """(data, header) of the first HDU with image data; raises on any problem (caller classifies)."""
+    """(data, header) of the first HDU with image data; raises on any problem (caller classifies).
+
+    Files that carry ``CHECKSUM`` / ``DATASUM`` (real DR10 files do) are verified: flipped bytes
+    that still decode raise a checksum mismatch instead of becoming wrong pixels.
+    """
+    import warnings
+
     from astropy.io import fits
 
     with storage.open_input(uri) as f:
         raw = f.read()
-    with fits.open(io.BytesIO(raw), memmap=False) as hdul:
-        for hdu in hdul:
-            if hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
-                data = hdu.data
-                if data is None:
-                    continue
-                return np.array(data), hdu.header.copy()
-    raise ValueError("no 2-D image HDU")
+    found, error = None, None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with fits.open(io.BytesIO(raw), memmap=False, checksum=True) as hdul:
+                for hdu in hdul:
+                    if hdu.is_image and hdu.header.get("NAXIS", 0) == 2 and hdu.data is not None:
+                        found = np.array(hdu.data), hdu.header.copy()
+                        break
+        except Exception as err:  # noqa: BLE001 - reported below, after the checksum verdict
+            error = err
+    failed = [str(w.message).strip() for w in caught if "verification failed" in str(w.message)]
+    if failed:   # the file's own checksum says why it fails: report that, not the decoding symptom
+        raise ValueError(f"checksum mismatch: {failed[0]}")
+    if error is not None:
+        raise error
+    if found is None:
+        raise ValueError("no 2-D image HDU")
+    return found
 
 
 def _load(brick: CoaddBrick, key: str, uri: str):
@@ -217,6 +235,8 @@ def load_brick(coadd_root_uri: str, brickname: str, bands: str = DEFAULT_BANDS) 
 def _reason_for_problem(key: str, text: str) -> str:
     if key == "brick":
         return "missing_brick"
+    if "checksum mismatch" in text:
+        return f"checksum_mismatch:{key}"
     if key == "maskbits":
         return "missing_maskbits" if text.startswith("missing") else "corrupt_fits:maskbits"
     return f"missing_band:{key}" if text.startswith("missing") else f"corrupt_fits:{key}"

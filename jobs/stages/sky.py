@@ -76,7 +76,14 @@ def _hdu_bytes(data: np.ndarray, header, quantize_level: float, dither_seed: int
                             quantize_level=quantize_level, quantize_method=2, dither_seed=dither_seed)
     buf = io.BytesIO()
     fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buf)
-    return buf.getvalue()
+    # CHECKSUM / DATASUM as real DR10 files carry, on the compressed HDU as written; a fixed comment
+    # instead of astropy's timestamp keeps the files bit-identical from run to run
+    with fits.open(io.BytesIO(buf.getvalue()), disable_image_compression=True) as hdul:
+        for h in hdul:
+            h.add_checksum(when="dhs sky")
+        out = io.BytesIO()
+        hdul.writeto(out, checksum=False)
+    return out.getvalue()
 
 
 def write_brick(sim: SimulatedBrick, coadd_root: str) -> list[str]:

@@ -255,3 +255,16 @@ def test_load_brick_reads_s3_like_local(tmp_path, s3_env):
     Path(coadd_file(str(local / "coadd"), BRICK, "psfsize", "z")).unlink()
     storage.delete_file(coadd_file(storage.join(uri, "coadd"), BRICK, "psfsize", "z"))
     assert load_brick(storage.join(uri, "coadd"), BRICK).problems == load_brick(str(local / "coadd"), BRICK).problems
+
+
+def test_flipped_bytes_that_still_decode_fail_the_files_checksum(broken_sky):
+    root = str(broken_sky / "coadd")
+    path = Path(coadd_file(root, BRICK, "image", "r"))
+    raw = bytearray(path.read_bytes())
+    assert raw.count(b"CHECKSUM=") == 2 and raw.count(b"DATASUM =") == 2   # dhs sky writes them, as DR10 does
+    raw[len(raw) // 2] ^= 0x04                            # one bit in the compressed pixel heap
+    path.write_bytes(bytes(raw))
+    brick = load_brick(root, BRICK)
+    assert brick.problems["r"].startswith("corrupt FITS: ValueError: checksum mismatch")
+    assert {cut_stamp(brick, ra, dec).reject_reason for ra, dec, _, _ in _lrgs_ok(broken_sky)} == \
+        {"checksum_mismatch:r"}
