@@ -163,6 +163,7 @@ class StampStream(IterableDataset):
         self.drop_last = bool(drop_last)
         self.defer_dihedral = bool(defer_dihedral)
         self.epoch = 0
+        self.n_nonfinite = 0   # rows left out for NaN / inf pixels, read by this process
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose draws the next iteration makes (call before iterating)."""
@@ -195,6 +196,17 @@ class StampStream(IterableDataset):
                     raise InvalidValueError("image_shape", list(images.shape[1:]),
                                             f"the stamps of one training stream must share one shape; {uri} "
                                             f"differs from the first stamps read, {list(shape)}")
+                finite = np.isfinite(images).all(axis=(1, 2, 3))
+                if not finite.all():
+                    # as `dhs score` rejects them (nonfinite_pixels): left out and counted, never zero-filled
+                    self.n_nonfinite += int((~finite).sum())
+                    if self.paired:
+                        for pid in np.asarray(batch.column("pair_id").to_pylist(), dtype=object)[~finite]:
+                            counts[pid] -= 1
+                    batch = batch.filter(pa.array(finite))
+                    images = images[finite]
+                    if batch.num_rows == 0:
+                        continue
                 cols = {"image": images,
                         "label": batch.column("label").to_numpy(zero_copy_only=False).astype(np.float32)}
                 for c in self.columns:

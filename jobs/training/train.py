@@ -376,6 +376,8 @@ def train(stamps_uri, out_dir: str, cfg: TrainConfig, resume_from: str | None = 
         bar.close()
         metrics = evaluate(model, val_loader, device, amp)
         entry = {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1), "n_train": n_seen, "steps": steps,
+                 # rows with NaN / inf pixels are left out, as scoring rejects them (counted in this process)
+                 "n_nonfinite_skipped": loader.dataset.n_nonfinite if not cfg.num_workers else None,
                  **metrics, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         history.append(entry)
         value = metrics[cfg.early_stopping_metric]

@@ -302,3 +302,22 @@ def test_paired_batches_keep_groups_together(stamps, read_rows):
     assert got == {k: v for k, v in expected_per_pair.items() if v}
     # Shuffled: pairs do not come out in file order.
     assert [b["pair_id"][0] for b in batches] != sorted(b["pair_id"][0] for b in batches)
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_nan_stamps_are_left_out_and_counted_like_scoring_rejects_them(tmp_path, paired):
+    import pyarrow as pa
+
+    make_synthetic_stamps(str(tmp_path), n_hosts=6, n_files=1, size=16, split_probs=(1.0, 0.0, 0.0), seed=3)
+    part = tmp_path / "part-00000.parquet"
+    table = pq.read_table(part)
+    rows = table.to_pylist()
+    bad = np.frombuffer(rows[2]["image"], np.float32).copy()
+    bad[5] = np.nan
+    rows[2]["image"] = bad.tobytes()
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), part)
+    stream = StampStream(str(tmp_path), split="train", batch_size=4, shuffle_buffer=0, paired=paired,
+                         columns=("task_id",))
+    ids = [t for b in _all(stream) for t in b["task_id"]]
+    assert stream.n_nonfinite == 1 and rows[2]["task_id"] not in ids
+    assert len(ids) == len(rows) - 1 and all(bool(torch.isfinite(b["image"]).all()) for b in _all(stream))
