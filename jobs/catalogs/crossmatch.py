@@ -130,21 +130,11 @@ def friends_of_friends(ra_deg, dec_deg, radius_arcsec: float) -> np.ndarray:
 
 
 def read_footprint(uri: str) -> set[str]:
-    """Brick names of a ``survey-bricks``-style FITS table (column ``brickname``, any case) or Parquet."""
+    """Brick names of a ``survey-bricks``-style table (column ``brickname``, any case): FITS, CSV or Parquet."""
     from jobs.runtime import storage
 
-    if str(uri).endswith(".parquet"):
-        table = storage.read_parquet(uri)
-        cols = {c.lower(): c for c in table.column_names}
-        if "brickname" not in cols:
-            raise InvalidValueError("footprint", uri, "must have a 'brickname' column")
-        return {str(n).strip() for n in table.column(cols["brickname"]).to_pylist()}
-    with open_fits(uri) as hdul:
-        for hdu in hdul[1:]:
-            names = {n.lower(): n for n in (hdu.columns.names if hasattr(hdu, "columns") else [])}
-            if "brickname" in names:
-                return {str(n).strip() for n in hdu.data[names["brickname"]]}
-    raise InvalidValueError("footprint", uri, "must be a FITS table with a 'brickname' column")
+    table = storage.read_table(uri)
+    return {str(n).strip() for n in column_ci(table, "brickname", "footprint").to_pylist()}
 
 
 def open_fits(uri):
@@ -182,46 +172,64 @@ def brick_pixels(ra_deg, dec_deg, brick_ra_deg, brick_dec_deg) -> tuple[np.ndarr
     return crpix0 - xi / scale, crpix0 + eta / scale
 
 
+def column_ci(table: pa.Table, name: str, what: str = "catalog"):
+    """The column ``name`` matched case-insensitively (Legacy Surveys catalogs spell ``RA``/``DEC``)."""
+    cols = {c.lower(): c for c in table.column_names}
+    if name.lower() not in cols:
+        raise InvalidValueError(what, table.column_names, f"needs a {name!r} column (any case)")
+    return table.column(cols[name.lower()])
+
+
 def crossmatch_bricks(table: pa.Table, footprint: set[str] | None = None) -> pa.Table:
     """Add ``brickname``, brick centre, brick pixel x/y and ``in_footprint`` to a catalog table.
 
     Parameters
     ----------
     table : pyarrow.Table
-        Rows with ``ra``, ``dec`` in degrees (e.g. ``jobs.catalogs.lens_catalogs.CATALOG_SCHEMA``); existing brick
-        columns are replaced.
+        Rows with ``ra``, ``dec`` in degrees, any case (e.g. ``RA``/``DEC`` of a DR10 sweep, or
+        ``jobs.catalogs.lens_catalogs.CATALOG_SCHEMA``); existing brick columns, in any case, are replaced.
     footprint : set of str, optional
-        Brick names of the survey footprint; without it every row is ``in_footprint``.
+        Brick names of the survey footprint; without it every row with a position is ``in_footprint``.
 
     Returns
     -------
     pyarrow.Table
-        The input columns (same rows, same order) followed by :data:`BRICK_COLUMNS`.
+        The input columns (same rows, same order) followed by :data:`BRICK_COLUMNS`; a row without a
+        finite position has null brick columns and ``in_footprint`` False.
     """
-    ra = table.column("ra").to_numpy(zero_copy_only=False).astype(float)
-    dec = table.column("dec").to_numpy(zero_copy_only=False).astype(float)
-    names = bricks.bricknames_for(ra, dec) if len(ra) else np.zeros(0, dtype="U8")
-    centres = {str(n): bricks.brick_by_name(str(n)) for n in np.unique(names)}
-    brick_ra = np.array([centres[str(n)].ra for n in names], dtype=float)
-    brick_dec = np.array([centres[str(n)].dec for n in names], dtype=float)
-    x, y = brick_pixels(ra, dec, brick_ra, brick_dec)
-    in_fp = np.ones(len(ra), bool) if footprint is None else np.isin(names, sorted(footprint))
-    values = [names.astype(str).tolist(), brick_ra, brick_dec, x, y, in_fp]
-    out = table.drop_columns([f.name for f in BRICK_COLUMNS if f.name in table.column_names])
+    ra = column_ci(table, "ra").to_numpy(zero_copy_only=False).astype(float)
+    dec = column_ci(table, "dec").to_numpy(zero_copy_only=False).astype(float)
+    ok = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90.0)
+    names = np.full(len(ra), None, dtype=object)
+    brick_ra, brick_dec = np.full(len(ra), np.nan), np.full(len(ra), np.nan)
+    x, y = np.full(len(ra), np.nan), np.full(len(ra), np.nan)
+    if ok.any():
+        good = np.asarray(bricks.bricknames_for(ra[ok] % 360.0, dec[ok])).astype(str)
+        centres = {str(n): bricks.brick_by_name(str(n)) for n in np.unique(good)}
+        names[ok] = good
+        brick_ra[ok] = [centres[n].ra for n in good]
+        brick_dec[ok] = [centres[n].dec for n in good]
+        x[ok], y[ok] = brick_pixels(ra[ok] % 360.0, dec[ok], brick_ra[ok], brick_dec[ok])
+    in_fp = ok.copy() if footprint is None else ok & np.isin(names.astype(str), sorted(footprint))
+    values = [names.tolist(), brick_ra, brick_dec, x, y, in_fp]
+    ours = {f.name.lower() for f in BRICK_COLUMNS}
+    out = table.drop_columns([c for c in table.column_names if c.lower() in ours])
     for field, value in zip(BRICK_COLUMNS, values, strict=True):
-        out = out.append_column(field, pa.array(value, field.type))
+        arr = pa.array(value, field.type, from_pandas=True)
+        out = out.append_column(field, arr)
     return out
 
 
 def crossmatch_file(catalog_uri: str, out_uri: str, footprint_uri: str | None = None) -> dict:
-    """Read a catalog Parquet, cross-match it with the brick grid, write it; returns counts."""
+    """Read a catalog (Parquet, CSV or FITS), cross-match it with the brick grid, write it; returns counts."""
     from jobs.runtime import storage
 
-    table = storage.read_parquet(catalog_uri)
+    table = storage.read_table(catalog_uri)
     footprint = read_footprint(footprint_uri) if footprint_uri else None
     out = crossmatch_bricks(table, footprint)
     storage.write_parquet(out, out_uri)
     n_in = int(np.sum(out.column("in_footprint").to_numpy(zero_copy_only=False)))
+    no_pos = int(out.column("brickname").null_count)
     return {"rows_in": table.num_rows, "rows_out": out.num_rows, "in_footprint": n_in,
-            "outside_footprint": out.num_rows - n_in,
-            "bricks": len(set(out.column("brickname").to_pylist()))}
+            "outside_footprint": out.num_rows - n_in - no_pos, "no_position": no_pos,
+            "bricks": len({n for n in out.column("brickname").to_pylist() if n})}

@@ -334,8 +334,14 @@ def read_table(uri: str) -> pa.Table:
 
             data = gzip.decompress(data)
         tab = Table.read(io.BytesIO(data), format="fits")
-        return pa.table({name: np.asarray(tab[name]).tolist() if tab[name].dtype.kind in "SU" else np.asarray(tab[name])
-                         for name in tab.colnames if tab[name].ndim == 1})
+        cols = {}
+        for name in tab.colnames:
+            col = np.asarray(tab[name])
+            if col.ndim != 1:
+                continue
+            # FITS is big-endian; Arrow takes native byte order only
+            cols[name] = col.astype("U").tolist() if col.dtype.kind in "SU" else col.astype(col.dtype.newbyteorder("="))
+        return pa.table(cols)
     return read_parquet(uri)
 
 

@@ -126,3 +126,34 @@ def test_cli_crossmatch(shared_data, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report == {"rows_in": 2, "rows_out": 2, "in_footprint": 1, "outside_footprint": 1, "bricks": 2}
     assert pq.read_table(out).column("brickname").to_pylist()[0] == "2447p120"
+
+
+def test_the_command_on_the_real_parent_sample_as_given(shared_data, tmp_path, capsys):
+    """``dhs catalogs crossmatch`` on the real file, upper-case RA/DEC/BRICKNAME and all (no renaming)."""
+    import json
+
+    from jobs import cli
+
+    src = shared_data / "dr10" / "phase3_lrg_parent_sample.parquet"
+    out = tmp_path / "x.parquet"
+    assert cli.main(["catalogs", "crossmatch", "--catalog", str(src), "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    t = pq.read_table(out)
+    assert [c for c in t.column_names if c.lower() == "brickname"] == ["brickname"]   # one brick column
+    given = pq.read_table(src, columns=["BRICKNAME"]).column(0).to_pylist()
+    assert t.column("brickname").to_pylist() == [str(n).strip() for n in given]
+    assert t.column("RA").to_pylist() == pq.read_table(src, columns=["RA"]).column(0).to_pylist()
+    assert summary["rows_in"] == summary["rows_out"] == summary["in_footprint"] == 6826
+
+
+def test_a_csv_footprint_and_rows_without_position(tmp_path):
+    cat = tmp_path / "c.csv"
+    cat.write_text("Ra,Dec\n150.1,2.2\n,\n10.0,95.0\n")
+    fp = tmp_path / "fp.csv"
+    fp.write_text("BRICKNAME\n1501p022\n")
+    from jobs.catalogs.crossmatch import crossmatch_file
+
+    counts = crossmatch_file(str(cat), str(tmp_path / "o.parquet"), str(fp))
+    assert counts == {"rows_in": 3, "rows_out": 3, "in_footprint": 1, "outside_footprint": 0, "no_position": 2,
+                      "bricks": 1}
+    assert pq.read_table(tmp_path / "o.parquet").column("brickname").to_pylist() == ["1501p022", None, None]
