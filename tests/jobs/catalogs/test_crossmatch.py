@@ -124,7 +124,8 @@ def test_cli_crossmatch(shared_data, tmp_path, capsys):
     assert catalogs_main(["crossmatch", "--catalog", str(cat), "--out", str(out), "--footprint",
                           str(shared_data / "decam" / "survey-bricks.fits.gz")]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report == {"rows_in": 2, "rows_out": 2, "in_footprint": 1, "outside_footprint": 1, "bricks": 2}
+    assert report == {"rows_in": 2, "rows_out": 2, "in_footprint": 1, "outside_footprint": 1, "no_position": 0,
+                      "bricks": 2}
     assert pq.read_table(out).column("brickname").to_pylist()[0] == "2447p120"
 
 
