@@ -249,6 +249,14 @@ def run(manifest_uri: str, source: str, dest: str, cfg: CacheConfig | None = Non
     return report
 
 
+def add_fetch_args(p: argparse.ArgumentParser, what: str) -> None:
+    """The fetching options of the 4b caches (:class:`CacheConfig`): workers, retries, backoff, timeout."""
+    p.add_argument("--workers", type=int, default=8, help=f"parallel {what} (default 8)")
+    p.add_argument("--retries", type=int, default=4, help="retries of a transient failure (default 4)")
+    p.add_argument("--backoff-s", type=float, default=1.0, help="first retry wait, s, doubled each time (default 1)")
+    p.add_argument("--timeout-s", type=float, default=60.0, help="per-request timeout, s (default 60)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dhs coadd-cache", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -257,11 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="URL template with {bri} {brick} {filename}, or a coadd root (s3:// or local); "
                         "default: the DR10 south tree on the NERSC portal")
     p.add_argument("--dest", required=True, help="cache root (s3://bucket/prefix or local); files go to DEST/coadd/")
-    p.add_argument("--workers", type=int, default=8, help="parallel bricks (default 8)")
     p.add_argument("--bands", default="grz", help="bands (default grz)")
-    p.add_argument("--retries", type=int, default=4, help="retries of a transient failure (default 4)")
-    p.add_argument("--backoff-s", type=float, default=1.0, help="first retry wait, s, doubled each time (default 1)")
-    p.add_argument("--timeout-s", type=float, default=60.0, help="per-request timeout, s (default 60)")
+    add_fetch_args(p, "bricks")
     p.add_argument("--strict", action="store_true", help="exit 1 if any brick failed (default: only if all did)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

@@ -22,7 +22,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
 from dhs_gen.errors import DhsError, InvalidValueError, check_range
 from jobs.runtime import outputs, storage
-from jobs.stages.coadd_cache import REPORT_NAME, CacheConfig, FetchError, fetch_with_retries, http_get
+from jobs.stages.coadd_cache import (
+    REPORT_NAME,
+    CacheConfig,
+    FetchError,
+    add_fetch_args,
+    fetch_with_retries,
+    http_get,
+)
 from jobs.stages.hosts import read_catalog
 
 DEFAULT_SERVICE = ("https://www.legacysurvey.org/viewer/cutout.fits?ra={ra}&dec={dec}&layer=ls-dr10"
@@ -108,10 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", required=True, help="folder for the cutouts (local or s3://)")
     p.add_argument("--service", default=DEFAULT_SERVICE, help="URL template with {ra} {dec} {size} (default: DR10)")
     p.add_argument("--size", type=int, default=DEFAULT_SIZE_PIX, help="cutout side, pixels at 0.262\"/pix (default 96)")
-    p.add_argument("--workers", type=int, default=8, help="parallel requests (default 8)")
-    p.add_argument("--retries", type=int, default=4, help="retries of a transient failure (default 4)")
-    p.add_argument("--backoff-s", type=float, default=1.0, help="first retry wait, s, doubled each time (default 1)")
-    p.add_argument("--timeout-s", type=float, default=60.0, help="per-request timeout, s (default 60)")
+    add_fetch_args(p, "requests")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

@@ -293,7 +293,7 @@ def load_checkpoint(path_or_uri: str, map_location="cpu") -> tuple[LensResNet, d
     try:
         payload = torch.load(src, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
-        # torch's own message suggests weights_only=False, i.e. running the file's code: never here
+        # torch's own message suggests loading it unsafely, i.e. running the file's code: never here
         raise InvalidValueError("checkpoint", str(path_or_uri), "is not a trusted checkpoint of this project (it "
                                 "holds Python objects beyond tensors, numbers, strings, lists and dicts); "
                                 "it was not loaded") from None
