@@ -166,7 +166,10 @@ def build_local(folder: str, catalog: list[dict] | None, size: int, declared: De
                 pairs.append((placed[i], meta))
     for host, meta in pairs:
         row, rej = from_host_image(host, meta, size, declared, source)
-        (rows.append(row) if row else rejects.append(rej))
+        if row:
+            rows.append(row)
+        else:
+            rejects.append(rej)
     return rows, rejects
 
 
@@ -213,7 +216,10 @@ def build_service(service: LegacySurveyCutoutService, catalog: list[dict], size:
             rejects.append(_reject(meta, "corrupt_fits", str(err)[:200]))
             continue
         row, rej = from_host_image(host, meta, size, declared, source)
-        (rows.append(row) if row else rejects.append(rej))
+        if row:
+            rows.append(row)
+        else:
+            rejects.append(rej)
     return rows, rejects
 
 
