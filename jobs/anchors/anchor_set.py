@@ -47,9 +47,8 @@ from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
 from dhs_gen.errors import check_range
 from dhs_gen.survey.bricks import bricknames_for
 from dhs_gen.utils import hash_uint64
-from jobs.catalogs.crossmatch import open_fits
 from jobs.cutouts.cutout import BANDS, Cutout, CutoutUnavailable
-from jobs.cutouts.sources import LocalCutoutFolder, _fits_cutout, des_lrg_host_cutouts, make_cutout_source
+from jobs.cutouts.sources import LocalCutoutFolder, des_lrg_host_cutouts, make_cutout_source
 from jobs.runtime import outputs, storage
 from jobs.runtime.schema import ANCHOR_SCHEMA, encode_image
 
@@ -138,8 +137,7 @@ def build_default_anchor_set(shared_data_dir, out_uri: str, size_pix: int = 64, 
         meta = {"name": name, "ra": float(ra), "dec": float(dec), "class": "other", "grade": None,
                 "source_catalog": "decals_zooniverse"}
         try:
-            with open_fits(path) as hdul:
-                rows.append(anchor_row(meta, _fits_cutout(hdul, f"fits {os.path.basename(path)}", size_pix, True)))
+            rows.append(anchor_row(meta, zoo.read(path, size_pix)))
         except CutoutUnavailable as err:
             rejects.append({"name": name, "ra": float(ra), "dec": float(dec), "reason": err.reason,
                             "detail": err.detail})

@@ -21,25 +21,17 @@ import numpy as np
 from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
 from dhs_gen.errors import InvalidValueError, check_choice, check_range
 from jobs.cutouts.cutout import BANDS, Cutout, CutoutUnavailable, standardize
+from jobs.cutouts.host_images import Declared, HostImage, read_band_stacks, read_fits_host, read_npz
 
 DEFAULT_SERVICE_URL = ("https://www.legacysurvey.org/viewer/cutout.fits?ra={ra}&dec={dec}&layer=ls-dr10"
                        f"&pixscale={PIXSCALE_DR10_ARCSEC}&size={{size}}&bands=grz")
 
 
-def _fits_cutout(hdul, source: str, size_pix: int, surface_brightness: bool) -> Cutout:
-    """(B, H, W) FITS image (first HDU with data) with a TAN WCS -> standardised cutout."""
-    from astropy.wcs import WCS
-
-    hdu = next((h for h in hdul if getattr(h, "data", None) is not None and h.data.ndim == 3), None)
-    if hdu is None:
-        raise CutoutUnavailable("corrupt_fits", f"{source}: no (bands, H, W) image")
-    head = hdu.header
-    bands = head.get("BANDS", "").strip() or "".join(head.get(f"BAND{i}", "?").strip() for i in range(hdu.data.shape[0]))
-    if len(bands) != hdu.data.shape[0]:
-        bands = BANDS if hdu.data.shape[0] == 3 else bands  # the cutout service returns g, r, z planes
-    scale = float(np.sqrt(abs(np.linalg.det(WCS(head, naxis=2).pixel_scale_matrix)))) * 3600.0 if "CTYPE1" in head \
-        else PIXSCALE_DR10_ARCSEC
-    return standardize(hdu.data, scale, bands, size_pix, source, surface_brightness=surface_brightness)
+def standard_cutout(host: HostImage, size_pix: int, where: str) -> Cutout:
+    """A host image read by :mod:`jobs.cutouts.host_images` (any layout) as an anchor cutout: g, r, z
+    nanomaggies per 0.262" pixel, ``size_pix`` square, centred on the cutout (:func:`standardize`)."""
+    return standardize(host.image, host.pixscale_arcsec, BANDS, size_pix, "; ".join([where, *host.provenance]),
+                       invvar=host.invvar)
 
 
 class LocalCutoutFolder:
@@ -78,19 +70,23 @@ class LocalCutoutFolder:
         self.ra, self.dec = np.array(ra), np.array(dec)
 
     def fetch(self, ra: float, dec: float, size_pix: int) -> Cutout:
-        from jobs.catalogs.crossmatch import nearest_within, open_fits
+        from jobs.catalogs.crossmatch import nearest_within
 
         idx, sep = nearest_within([ra], [dec], self.ra, self.dec, self.radius)
         if idx[0] < 0:
             raise CutoutUnavailable("no_cutout", f"none within {self.radius}\" in {self.root}")
         path = self.paths[idx[0]]
+        return self.read(path, size_pix, f"{os.path.basename(path)} ({sep[0]:.2f}\" from the position)")
+
+    def read(self, path: str, size_pix: int, where: str | None = None) -> Cutout:
+        """The standardised cutout of one file of the folder."""
+        from jobs.catalogs.crossmatch import open_fits
+
+        where = where or os.path.basename(path)
         if path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as d:
-                pix = float(d["meta_pixel_scale"]) if "meta_pixel_scale" in d.files else PIXSCALE_DR10_ARCSEC
-                cube = np.transpose(d["cutout"], (2, 0, 1))  # (H, W, 3) -> (3, H, W)
-                return standardize(cube, pix, BANDS, size_pix, f"npz {os.path.basename(path)} ({sep[0]:.2f}\")")
+            return standard_cutout(read_npz(path), size_pix, where)
         with open_fits(path) as hdul:
-            return _fits_cutout(hdul, f"fits {os.path.basename(path)} ({sep[0]:.2f}\")", size_pix, self.fits_sb)
+            return standard_cutout(read_fits_host(path, hdul, Declared(), self.fits_sb), size_pix, where)
 
 
 class LegacySurveyCutoutService:
@@ -146,8 +142,11 @@ class LegacySurveyCutoutService:
         url = self.url_template.format(ra=f"{ra:.7f}", dec=f"{dec:.7f}", size=int(size_pix))
         data = self.fetch_bytes(ra, dec, size_pix)
         try:
-            hdul = fits.open(io.BytesIO(data))
-            return _fits_cutout(hdul, f"legacysurvey {url}", size_pix, surface_brightness=True)
+            with fits.open(io.BytesIO(data)) as hdul:
+                # the service is asked for 0.262"/pix: that scale stands when its file has no usable WCS
+                host = read_fits_host(f"legacysurvey {url}", hdul, Declared(pixscale_arcsec=PIXSCALE_DR10_ARCSEC),
+                                      surface_brightness=True)
+            return standard_cutout(host, size_pix, f"legacysurvey {url}")
         except OSError as err:
             raise CutoutUnavailable("corrupt_fits", f"{err} from {url}") from None
 
@@ -183,26 +182,22 @@ def make_cutout_source(spec: str):
     return cls(arg) if arg else cls()
 
 
-DES_ZEROPOINT_SCALE = 1e-3   # DES counts at zeropoint 30 -> nanomaggies (module docstring)
-DES_PIXSCALE_ARCSEC = 0.263
+#: What the DES LRG-host stacks do not say themselves: counts at zeropoint 30, 0.263"/pix
+DES_DECLARED = Declared(zeropoint=30.0, pixscale_arcsec=0.263)
 
 
 def des_lrg_host_cutouts(des_dir: str, size_pix: int) -> list[tuple[dict, Cutout]]:
-    """The 46 real DES LRG hosts (no lensing): (metadata, cutout) per galaxy, label 0, class other."""
-    from astropy.io import fits
+    """The 46 real DES LRG hosts (no lensing): (metadata, cutout) per galaxy, label 0, class other.
 
-    cubes = {}
-    for band in BANDS:
-        with fits.open(os.path.join(des_dir, f"{band}.fits")) as hdul:
-            cubes[band] = np.asarray(hdul[0].data, dtype=float)       # (n_galaxies, 91, 91)
-    sigma = np.loadtxt(os.path.join(des_dir, "map.txt"), skiprows=1)[:, 1] if os.path.exists(
-        os.path.join(des_dir, "map.txt")) else None
+    Read by :func:`jobs.cutouts.host_images.read_band_stacks` (the hosts' reader); ``map.txt``, when
+    there, adds each galaxy's SDSS velocity dispersion to the provenance.
+    """
+    sigma_path = os.path.join(des_dir, "map.txt")
+    sigma = np.loadtxt(sigma_path, skiprows=1)[:, 1] if os.path.exists(sigma_path) else None
     out = []
-    for i in range(cubes["g"].shape[0]):
-        cube = np.stack([cubes[b][i] for b in BANDS])
+    for i, host in enumerate(read_band_stacks(des_dir, DES_DECLARED)):
         sv = "" if sigma is None else f", SDSS sigma_v {sigma[i]:.0f} km/s"
-        cut = standardize(cube, DES_PIXSCALE_ARCSEC, BANDS, size_pix, f"DES coadd LRG host #{i}{sv} (deeplenstronomy)",
-                          scale=DES_ZEROPOINT_SCALE, scale_note="DES counts at zeropoint 30")
+        cut = standard_cutout(host, size_pix, f"DES coadd LRG host #{i}{sv} (deeplenstronomy)")
         meta = {"name": f"DES_LRG_host_{i:02d}", "ra": None, "dec": None, "class": "other", "grade": None,
                 "source_catalog": "des_lrg_hosts", "brickname": None}
         out.append((meta, cut))

@@ -25,6 +25,7 @@ with their reason: rows in = hosts written + rejected.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import sys
@@ -202,6 +203,8 @@ def build_service(service: LegacySurveyCutoutService, catalog: list[dict], size:
     if "invvar" not in service.url_template:   # the viewer adds an invvar HDU per band on request
         service = LegacySurveyCutoutService(service.url_template + "&invvar", service.retries, service.backoff_s,
                                             service.timeout_s)
+    if declared.pixscale_arcsec is None:   # the service is asked for 0.262"/pix (used when a file has no WCS)
+        declared = dataclasses.replace(declared, pixscale_arcsec=PIXSCALE_DR10_ARCSEC)
     rows, rejects = [], []
     for c in catalog:
         meta = {"name": c.get("name") or f"{c['ra']:.6f}{c['dec']:+.6f}", **c}
