@@ -299,6 +299,8 @@ def test_s3_server_stopped_mid_write_fails_cleanly_and_keeps_the_committed_datas
             _kill_group(proc)
         text = log.read_text(errors="replace")
         assert rc != 0, f"the run succeeded although its S3 server was stopped mid-write:\n{text[-3000:]}"
+        # it failed on the storage (a task's upload), not on something else
+        assert "could not connect" in text.lower() or "NETWORK_CONNECTION" in text, text[-3000:]
 
         control.restart(s3)
         after = _snapshot(out)
