@@ -16,6 +16,7 @@ the staging prefix. Downstream stages open an input only through :func:`require_
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -326,15 +327,30 @@ def git_sha() -> str:
 
     On EMR the code ships as a zip without ``.git``; the launcher sets ``DHS_GIT_SHA``.
     """
+    return (_git("rev-parse", "HEAD") or "").strip() or os.environ.get("DHS_GIT_SHA") or "unknown"
+
+
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=10, check=True)
-        sha = out.stdout.strip()
-        if sha:
-            return sha
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
-        pass
-    return os.environ.get("DHS_GIT_SHA") or "unknown"
+        return None
+    return out.stdout.decode("utf-8", "replace")
+
+
+def git_provenance() -> dict:
+    """Where the code came from: ``commit``, ``branch``, ``dirty`` (tracked files differ from the commit)
+    and, when dirty, ``diff_sha256`` (sha256 of ``git diff HEAD``), so an edited tree never passes for
+    its commit. Without ``.git`` (an EMR bundle): the commit of ``$DHS_GIT_SHA`` and None for the rest."""
+    commit = git_sha()
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    if status is None:
+        return {"commit": commit, "branch": None, "dirty": None, "diff_sha256": None}
+    dirty = bool(status.strip())
+    diff = _git("diff", "HEAD") if dirty else None
+    branch = (_git("rev-parse", "--abbrev-ref", "HEAD") or "").strip() or None
+    return {"commit": commit, "branch": branch, "dirty": dirty,
+            "diff_sha256": hashlib.sha256(diff.encode("utf-8")).hexdigest() if diff is not None else None}
 
 
 def package_versions(names=RECORDED_PACKAGES) -> dict:
@@ -398,6 +414,7 @@ def build_manifest(stage: str, config: dict, inputs: dict, rows_in, rows_written
         "stage": _check_token("stage", stage),
         "pipeline_version": dhs_gen.PIPELINE_VERSION,
         "git_sha": git_sha(),
+        "git": git_provenance(),
         "config": config,
         "config_hash": storage.config_hash(config),
         "inputs": dict(inputs),

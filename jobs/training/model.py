@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from dhs_gen.errors import ConfigError, InvalidValueError, check_config_range
-from jobs.runtime.outputs import git_sha
+from jobs.runtime.outputs import git_provenance, git_sha
 from jobs.runtime.storage import is_s3, resolve
 
 ARCHS = ("resnet_small", "resnet18ish")
@@ -238,6 +238,7 @@ def save_checkpoint(path_or_uri: str, model: nn.Module, cfg: ModelConfig, train_
         "train_config": _plain(dict(train_config or {}), "train_config"),
         "state_dict": model.state_dict(),
         "git_sha": git_sha(),
+        "git": git_provenance(),
         "torch_version": str(torch.__version__),
     }
     for key, value in (extra or {}).items():

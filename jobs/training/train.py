@@ -34,6 +34,7 @@ from tqdm import tqdm
 from dhs_gen.errors import ConfigError, InvalidValueError, check_config_range
 from dhs_gen.json_values import json_safe
 from dhs_gen.metrics import roc_auc
+from jobs.runtime.outputs import git_provenance
 from jobs.runtime.storage import is_s3, resolve
 from jobs.training.calibration import fit_temperature, mean_bce
 from jobs.training.hard_negatives import HardNegativeSet
@@ -330,6 +331,7 @@ def train(stamps_uri, out_dir: str, cfg: TrainConfig, resume_from: str | None = 
     out = _Outputs(out_dir)
     out.write_json("train_config.json", {"train": cfg.to_dict(), "stamps": stamps_uri, "rows": rows,
                                          "hard_negatives": hard.summary() if hard else None,
+                                         "git": git_provenance(),
                                          "device": str(device), "resumed_from": resume_from,
                                          "torch_version": str(torch.__version__)})
     print(f"train: {rows['train']['n_ok']} train rows ({rows['train']['n_rejected']} rejected, skipped), "

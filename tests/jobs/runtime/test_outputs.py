@@ -266,3 +266,28 @@ def test_overwrite_keeps_the_old_dataset_until_the_new_one_commits(tmp_path):
     assert outputs.read_manifest(out)["rows_written"] == 3
     assert storage.read_parquet(outputs.dataset_files(out)).column("x").to_pylist() == [5, 6, 7]
     assert not (tmp_path / "o" / outputs.ATTEMPTS_DIR).exists()   # the killed run's orphans are gone too
+
+
+def test_git_provenance_records_branch_and_an_edited_tree(monkeypatch, tmp_path):
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path,
+                              check=True, capture_output=True).stdout
+
+    repo = tmp_path
+    git("init", "-q", "-b", "work")
+    (repo / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-qm", "c")
+    monkeypatch.setattr(outputs, "REPO_ROOT", repo)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    clean = outputs.git_provenance()
+    assert clean == {"commit": git("rev-parse", "HEAD").decode().strip(), "branch": "work", "dirty": False,
+                     "diff_sha256": None}
+    (repo / "code.py").write_text("x = 2\n")                  # an edited tree is not its commit
+    dirty = outputs.git_provenance()
+    assert dirty["dirty"] is True and dirty["commit"] == clean["commit"]
+    assert dirty["diff_sha256"] == hashlib.sha256(git("diff", "HEAD")).hexdigest()
+    m = outputs.build_manifest("4x_test", {}, {}, 0, 0, 0, {}, {})
+    assert m["git"] == dirty

@@ -195,6 +195,10 @@ def test_best_checkpoint_carries_the_validation_temperature(tiny, tmp_path):
     assert t == pytest.approx(fit_temperature(logits, labels), rel=1e-9)
     calib = json.loads((tmp_path / "m" / "calibration.json").read_text())
     assert calib["val_bce_after"] <= calib["val_bce_before"] + 1e-12
+    # provenance: commit, branch and whether the tree was edited, in the checkpoint and train_config.json
+    recorded = json.loads((tmp_path / "m" / "train_config.json").read_text())["git"]
+    assert meta["git"] == recorded and set(recorded) == {"commit", "branch", "dirty", "diff_sha256"}
+    assert recorded["commit"] == meta["git_sha"]
 
 
 def test_training_on_one_class_is_refused_before_any_step(tmp_path):
