@@ -37,6 +37,7 @@ from dhs_gen.errors import InvalidValueError, check_choice, check_range
 from dhs_gen.validation.quality_checks import decode_stamp_npz
 from jobs.runtime import storage
 from jobs.runtime.schema import decode_image
+from jobs.training.model import DEVICES, resolve_device
 
 ID_COLUMNS = ("task_id", "anchor_id")
 MASKS = ("core", "outer")
@@ -173,13 +174,15 @@ def score_table(table: pa.Table, model, mask: str | None = None, radius_pix: flo
     return pa.table([columns[n] for n in schema.names], schema=schema)
 
 
-def load_model(checkpoint_uri: str):
-    """(model, meta) of a checkpoint (local path or s3://), loaded once per process and cached."""
-    if checkpoint_uri not in _MODEL_CACHE:
-        from jobs.training.model import load_checkpoint
+def load_model(checkpoint_uri: str, device: str = "cpu"):
+    """(model, meta) of a checkpoint (local path or s3://) on ``device`` (cpu | cuda | auto), loaded once
+    per process and cached."""
+    from jobs.training.model import load_checkpoint, resolve_device
 
-        _MODEL_CACHE[checkpoint_uri] = load_checkpoint(checkpoint_uri)
-    return _MODEL_CACHE[checkpoint_uri]
+    key = (checkpoint_uri, str(resolve_device(device)))
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = load_checkpoint(checkpoint_uri, map_location=resolve_device(device))
+    return _MODEL_CACHE[key]
 
 
 def model_temperature(checkpoint_uri: str) -> float | None:
@@ -189,11 +192,13 @@ def model_temperature(checkpoint_uri: str) -> float | None:
     return checkpoint_temperature(load_model(checkpoint_uri)[1])
 
 
-def _score_batches(batches: Iterable[pa.RecordBatch], checkpoint_uri: str, mask, radius_pix, batch_size):
+def _score_batches(batches: Iterable[pa.RecordBatch], checkpoint_uri: str, mask, radius_pix, batch_size,
+                   device: str = "cpu"):
     import torch
 
-    torch.set_num_threads(1)  # one core per Spark task: executors run one task per core
-    model, _ = load_model(checkpoint_uri)
+    model, _ = load_model(checkpoint_uri, device)
+    if next(model.parameters()).device.type == "cpu":
+        torch.set_num_threads(1)  # one core per Spark task: executors run one task per core
     temperature = model_temperature(checkpoint_uri)
     for batch in batches:
         if batch.num_rows:
@@ -219,21 +224,24 @@ def _open_parquet(uri: str) -> pq.ParquetFile:
 
 
 def score_units(units: Iterable[pa.RecordBatch], checkpoint_uri: str, mask, radius_pix, batch_size,
-                out_schema: pa.Schema) -> Iterator[pa.Table]:
+                out_schema: pa.Schema, device: str = "cpu") -> Iterator[pa.Table]:
     """Batches of (uri, row_group) work units -> scored tables; reads ``batch_size`` stamps at a time."""
     def stamps():
         for unit in units:
             for uri, rg in zip(unit.column("uri").to_pylist(), unit.column("row_group").to_pylist(), strict=True):
                 yield from _open_parquet(uri).iter_batches(batch_size=batch_size, row_groups=[rg])
 
-    for batch in _score_batches(stamps(), checkpoint_uri, mask, radius_pix, batch_size):
+    for batch in _score_batches(stamps(), checkpoint_uri, mask, radius_pix, batch_size, device):
         yield pa.Table.from_batches([batch]).cast(out_schema)
 
 
 def run(checkpoint_uri: str, input_uri: str, out_uri: str, batch_size: int = DEFAULT_BATCH_SIZE,
         mask: str | None = None, radius_pix: float = DEFAULT_CORE_RADIUS_PIX, partitions: int | None = None,
-        overwrite: bool = False, spark=None) -> dict:
-    """Score a committed stamps/anchor dataset with Spark and commit the scores; returns the manifest."""
+        overwrite: bool = False, spark=None, device: str = "cpu") -> dict:
+    """Score a committed stamps/anchor dataset with Spark and commit the scores; returns the manifest.
+
+    ``device`` (cpu | cuda | auto) is where each executor runs the model.
+    """
     from jobs.runtime import outputs, stage
     from jobs.spark import get_spark
 
@@ -242,6 +250,7 @@ def run(checkpoint_uri: str, input_uri: str, out_uri: str, batch_size: int = DEF
         check_choice("mask", mask, MASKS)
     check_range("radius_pix", radius_pix, 0.0, np.inf, lo_open=True)
     batch_size = int(check_range("batch_size", batch_size, 1, 1 << 20))
+    resolve_device(device)                           # cuda without a GPU fails here, before Spark starts
     temperature = model_temperature(checkpoint_uri)  # a bad checkpoint fails here, before Spark starts
     files = outputs.dataset_files(input_uri)
     units, rows_in, in_schema = [], 0, None
@@ -258,13 +267,15 @@ def run(checkpoint_uri: str, input_uri: str, out_uri: str, batch_size: int = DEF
     n_parts = max(1, partitions or min(len(units), 4 * spark.sparkContext.defaultParallelism))
     df = spark.createDataFrame(units, "uri string, row_group int").repartition(n_parts)
     run_id, reports = stage.run_partitions(
-        df, lambda b: score_units(b, checkpoint_uri, mask, radius_pix, batch_size, out_schema), out_uri, out_schema)
+        df, lambda b: score_units(b, checkpoint_uri, mask, radius_pix, batch_size, out_schema, device), out_uri,
+        out_schema)
     status = Counter()
     for r in reports:
         if r["path"]:
             status.update(_open_parquet(r["path"]).read(columns=["score_status"]).column(0).to_pylist())
     seconds = time.perf_counter() - t0
-    config = {"checkpoint": checkpoint_uri, "batch_size": batch_size, "mask": mask, "mask_radius_pix": radius_pix}
+    config = {"checkpoint": checkpoint_uri, "batch_size": batch_size, "mask": mask, "mask_radius_pix": radius_pix,
+              "device": device}
     extra = {"score_status": dict(sorted(status.items())), "n_scored": status.get("ok", 0),
              "temperature": temperature,
              "score_definition": "sigmoid(logit)" if temperature is None else "sigmoid(logit / temperature)"}
@@ -286,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-radius-pix", type=float, default=DEFAULT_CORE_RADIUS_PIX,
                    help=f"core radius in pixels (default {DEFAULT_CORE_RADIUS_PIX:g})")
     p.add_argument("--partitions", type=int, default=None, help="Spark partitions (default: one per row group, capped)")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="where executors run the model (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     return p
 
@@ -293,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     manifest = run(args.checkpoint, args.input, args.out, args.batch_size, args.mask, args.mask_radius_pix,
-                   args.partitions, args.overwrite)
+                   args.partitions, args.overwrite, device=args.device)
     print(json.dumps({"out": args.out, "rows_in": manifest.get("rows_in"), **manifest.get("extra", {})},
                      default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)))
     return 0

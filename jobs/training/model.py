@@ -170,6 +170,18 @@ class LensResNet(nn.Module):
         return self.head(self.dropout(self.features(x))).squeeze(-1)
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a ConfigError."""
+    if name not in DEVICES:
+        raise ConfigError("device", name, f"must be one of {list(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", name, "cuda requested but torch.cuda.is_available() is False")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
 def build_model(cfg: ModelConfig) -> LensResNet:
     """A freshly initialised model for ``cfg`` (initialisation follows ``torch``'s current RNG)."""
     if not isinstance(cfg, ModelConfig):

@@ -38,11 +38,17 @@ from jobs.runtime.outputs import git_provenance
 from jobs.runtime.storage import is_s3, resolve
 from jobs.training.calibration import fit_temperature, mean_bce
 from jobs.training.hard_negatives import HardNegativeSet
-from jobs.training.model import ModelConfig, build_model, load_checkpoint, save_checkpoint
+from jobs.training.model import (
+    DEVICES,
+    ModelConfig,
+    build_model,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
 from jobs.training.preprocess import dihedral_torch
 from jobs.training.reader import count_rows, make_loader, stamp_shape
 
-DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "constant")
 STOP_METRICS = ("val_auc", "val_loss")
 
@@ -153,13 +159,6 @@ def load_train_config(path_or_preset: str | None, overrides: dict | None = None)
         data = dict(raw.get("train") or {}) if ("train" in raw or "generation" in raw) else dict(raw)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return TrainConfig.from_dict(data)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", name, "cuda requested but torch.cuda.is_available() is False")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 class WarmupCosine:
@@ -430,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="override batch_size")
     p.add_argument("--max-steps-per-epoch", type=int, help="override max_steps_per_epoch")
     p.add_argument("--num-workers", type=int, help="override num_workers (reader processes)")
+    p.add_argument("--early-stopping-patience", type=int,
+                   help="override early_stopping_patience (epochs without improvement before stopping; 0: never)")
     p.add_argument("--resume", help="checkpoint (last.pt) to resume from")
     p.add_argument("--hard-negatives", help="host/anchor dataset of real hard negatives, mixed in as label 0")
     p.add_argument("--hard-neg-weight", type=float, default=1.0,
@@ -444,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_train_config(args.config, {"epochs": args.epochs, "batch_size": args.batch_size,
                                               "max_steps_per_epoch": args.max_steps_per_epoch,
-                                              "num_workers": args.num_workers, "device": args.device})
+                                              "num_workers": args.num_workers, "device": args.device,
+                                              "early_stopping_patience": args.early_stopping_patience})
     except ConfigError as e:
         print(f"dhs train: {e}", file=sys.stderr)
         return 2

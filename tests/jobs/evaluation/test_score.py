@@ -175,6 +175,24 @@ def test_spark_scoring_job_two_files_empty_partition_and_rejects(spark, tmp_path
     assert manifest["rows_in"] == 12
     assert manifest["extra"]["score_status"] == {"cutout_not_ok": 1, "ok": 11}
     assert manifest["extra"]["temperature"] is None and manifest["extra"]["score_definition"] == "sigmoid(logit)"
+    assert manifest["config"]["device"] == "cpu"
+
+
+def test_device_option_and_cuda_without_a_gpu_is_one_error_line(tmp_path, capsys):
+    import torch
+
+    from jobs import cli
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the refusal of --device cuda cannot be shown here")
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(str(ckpt), _tiny_model(), ModelConfig(arch="resnet_small", width=4))
+    _write_dataset(tmp_path / "stamps", [stamp_table(3)])
+    assert cli.main(["score", "--checkpoint", str(ckpt), "--input", str(tmp_path / "stamps"),
+                     "--out", str(tmp_path / "s"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cuda" in err[0] and err[0].startswith("error:")
+    assert not (tmp_path / "s").exists()
 
 
 def test_spark_scoring_applies_the_checkpoint_temperature(spark, tmp_path):

@@ -168,11 +168,12 @@ def test_cli(tiny, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("batch_size: 16\nmodel:\n  width: 4\n")
     rc = main(["--stamps", tiny, "--out", str(tmp_path / "cli"), "--config", str(cfg), "--epochs", "1",
-               "--max-steps-per-epoch", "2", "--device", "cpu", "--no-progress"])
+               "--max-steps-per-epoch", "2", "--device", "cpu", "--no-progress", "--early-stopping-patience", "7"])
     assert rc == 0
     assert "epoch 1/1" in capsys.readouterr().out
     _, meta = load_checkpoint(str(tmp_path / "cli" / "last.pt"))
     assert meta["train_config"]["batch_size"] == 16 and meta["model_config"]["width"] == 4
+    assert meta["train_config"]["early_stopping_patience"] == 7
     cfg.write_text("batch_size: 1\n")
     assert main(["--stamps", tiny, "--out", str(tmp_path / "x"), "--config", str(cfg)]) == 2
     with pytest.raises(SystemExit) as e:
