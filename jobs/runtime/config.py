@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from dhs_gen.augmentation.artifacts import ArtifactConfig, artifact_config
 from dhs_gen.augmentation.mixer import ARTIFACT_PROFILE_NAMES
 from dhs_gen.augmentation.mixer import SOURCE_MODES as _MIXER_SOURCE_MODES
 from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
@@ -135,6 +136,9 @@ class ExperimentConfig:
     arc_gain_e_per_nmgy: tuple = (2000.0, 2000.0, 1000.0)   # g, r, z: photons per nanomaggy in a DR10 coadd
     artifact_profile: str = "none"                           # none | mild | strong | mix
     artifact_mix: tuple = (0.15, 0.70, 0.15)                 # weights of none/mild/strong when "mix"
+    # per profile, fields of its ArtifactConfig replaced ("tune rates for DR10"), e.g.
+    # {"mild": {"cosmic_rate": 0.05, "jitter_sigma_pix": 0.1}}
+    artifact_overrides: dict = field(default_factory=dict)
     mixer_salt: str = "uber_v1"
     paired_controls: bool = True
     hardneg_shuffle: bool = False
@@ -172,6 +176,19 @@ class ExperimentConfig:
         if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
             raise ConfigError("artifact_mix", self.artifact_mix, "three weights >= 0 (none, mild, strong), positive sum")
         object.__setattr__(self, "artifact_mix", mix)
+        for profile, changes in self.artifact_overrides.items():
+            _choice("artifact_overrides", profile, tuple(p for p in ARTIFACT_PROFILES if p != "none"))
+            if not isinstance(changes, dict):
+                raise ConfigError(f"artifact_overrides.{profile}", changes, "a mapping of ArtifactConfig fields")
+            known = {f.name for f in dataclasses.fields(ArtifactConfig)}
+            for key in changes:
+                if key not in known:
+                    raise ConfigError(f"artifact_overrides.{profile}.{key}", changes[key],
+                                      f"unknown artifact field; allowed: {sorted(known)}")
+            try:
+                artifact_config(profile, **changes)   # the profile's own range checks
+            except ConfigError as err:
+                raise ConfigError(f"artifact_overrides.{profile}.{err.field}", err.value, err.allowed) from None
         fr = tuple(float(v) for v in self.split_fractions)
         if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6:
             raise ConfigError("split_fractions", self.split_fractions, "three fractions >= 0 (train, val, test) summing to 1")

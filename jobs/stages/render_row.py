@@ -161,7 +161,8 @@ def apply_artifacts(stamp: np.ndarray, profile: str, key: str, cfg: ExperimentCo
         return stamp, {}
     from dhs_gen.augmentation.artifacts import apply_domain_randomization_bands, artifact_config
 
-    out = apply_domain_randomization_bands(stamp, key, psf_fwhm_pix=None, cfg=artifact_config(profile),
+    out = apply_domain_randomization_bands(stamp, key, psf_fwhm_pix=None,
+                                           cfg=artifact_config(profile, **cfg.artifact_overrides.get(profile, {})),
                                            moffat_beta=cfg.moffat_beta or 3.5)
     return np.asarray(out["img"], dtype=np.float64), out["meta"]
 

@@ -83,3 +83,27 @@ def test_empty_broken_and_cyclic_yaml_are_config_errors(tmp_path):
     b.write_text(f"extends: {a}\nseed: 2\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(str(a))
+
+
+def test_artifact_rates_are_config_and_reach_the_renderer():
+    import numpy as np
+
+    from jobs.stages.render_row import apply_artifacts
+
+    never = load_config("demo", {"artifact_overrides": {"strong": {"cosmic_rate": 0.0, "sat_rate": 0.0}}})
+    always = load_config("demo", {"artifact_overrides": {"strong": {"cosmic_rate": 1.0}}})
+    stamp = np.random.default_rng(0).normal(0, 0.01, (3, 32, 32))
+    hits = [apply_artifacts(stamp, "strong", f"p{i}", always)[1]["cosmic_ray"] is not None for i in range(10)]
+    misses = [apply_artifacts(stamp, "strong", f"p{i}", never)[1]["cosmic_ray"] is not None for i in range(10)]
+    assert all(hits) and not any(misses)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"gentle": {"cosmic_rate": 0.1}}, "artifact_overrides"),
+    ({"mild": {"cosmic_rat": 0.1}}, "artifact_overrides.mild.cosmic_rat"),
+    ({"mild": {"cosmic_rate": 2.0}}, "artifact_overrides.mild.cosmic_rate"),
+])
+def test_bad_artifact_overrides_name_the_field(overrides, field):
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", {"artifact_overrides": overrides})
+    assert err.value.field == field
