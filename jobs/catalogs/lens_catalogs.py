@@ -24,6 +24,11 @@ and groups are the connected chains of links (friends-of-friends). One row per g
 position, name and grade come from the most confident member (class rank, then catalog
 precedence :data:`CATALOG_PRECEDENCE`, then line); ``z`` and ``theta_e_arcsec`` from the first
 member in that order that has them; ``source_catalogs`` lists every catalog of the group.
+Inputs need only ``ra`` and ``dec``; column names match in any case (``RA``/``DEC``; lenscat's
+``RA [deg]``), other :data:`CATALOG_SCHEMA` columns a table lacks are null for its rows (e.g.
+``z`` of a ``dhs hardneg collect`` table), extra columns are not carried. Rows without a usable
+position (null, non-finite, outside [0, 360) x [-90, 90] deg) are counted by reason in the
+merge report, never merged.
 """
 
 from __future__ import annotations
@@ -335,45 +340,115 @@ def read_catalog(kind: str, path) -> CatalogRead:
     return READERS[check_choice("kind", kind, READERS)](path)
 
 
-def merge_catalogs(tables: Iterable[pa.Table], radius_arcsec: float = 2.0) -> pa.Table:
+_COLUMN_ALIASES = {"ra": ("ra", "ra [deg]"), "dec": ("dec", "dec [deg]")}
+
+
+def conform_catalog(table: pa.Table, what: str = "catalog") -> tuple[pa.Table, list[str]]:
+    """A catalog table in :data:`CATALOG_SCHEMA`, columns matched in any case; the names filled with nulls.
+
+    Raises
+    ------
+    InvalidValueError
+        No ``ra`` / ``dec`` column, or a column that cannot be cast to its schema type.
+    """
+    from jobs.catalogs.crossmatch import column_ci
+
+    lower = {c.lower() for c in table.column_names}
+    arrays, missing = [], []
+    for f in CATALOG_SCHEMA:
+        found = next((a for a in _COLUMN_ALIASES.get(f.name, (f.name,)) if a in lower), None)
+        if found is None:
+            if f.name in ("ra", "dec"):
+                raise InvalidValueError(f"{what} columns", table.column_names, f"must include {f.name!r} (any case)")
+            missing.append(f.name)
+            arrays.append(pa.nulls(table.num_rows, f.type))
+            continue
+        col = column_ci(table, found, what)
+        try:
+            arrays.append(col.cast(f.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
+            raise InvalidValueError(f"{what} column {found!r}", str(col.type), f"must cast to {f.type} ({err})") from err
+    return pa.Table.from_arrays(arrays, schema=CATALOG_SCHEMA), missing
+
+
+def _position_problem(ra, dec) -> str | None:
+    if ra is None or dec is None:
+        return "null_position"
+    if not (math.isfinite(ra) and math.isfinite(dec)):
+        return "non_finite_position"
+    if not (0.0 <= ra < 360.0 and -90.0 <= dec <= 90.0):
+        return "position_out_of_range"
+    return None
+
+
+def merge_catalogs(tables: Iterable[pa.Table], radius_arcsec: float = 2.0, report: dict | None = None) -> pa.Table:
     """One row per object across catalogs (rule in the module docstring).
 
     Parameters
     ----------
     tables : iterable of pyarrow.Table
-        In :data:`CATALOG_SCHEMA`.
+        ``ra``, ``dec`` (deg) and any of the other :data:`CATALOG_SCHEMA` columns, names in any case.
     radius_arcsec : float
         Linking radius, arcsec, in (0, 60].
+    report : dict, optional
+        Filled with ``rows_in``, ``columns_filled_null`` (per input), ``rows_without_position`` and
+        ``rows_without_position_by_reason``.
 
     Returns
     -------
     pyarrow.Table
         :data:`MERGED_SCHEMA`, one row per group, ordered by the representative's (ra, dec).
+
+    Raises
+    ------
+    InvalidValueError
+        A table without ``ra`` / ``dec``, or a ``class`` not in :data:`CLASSES`.
     """
     from jobs.catalogs.crossmatch import friends_of_friends
 
     radius = check_range("radius_arcsec", radius_arcsec, 0.0, 60.0, lo_open=True)
-    table = pa.concat_tables([t.select(CATALOG_SCHEMA.names).cast(CATALOG_SCHEMA) for t in tables])
-    rows = table.to_pylist()
+    conformed, filled = [], []
+    for i, t in enumerate(tables):
+        ct, missing = conform_catalog(t, f"input {i}")
+        conformed.append(ct)
+        filled.append(missing)
+    table = pa.concat_tables(conformed) if conformed else CATALOG_SCHEMA.empty_table()
+    rows, dropped = [], {}
+    for row in table.to_pylist():
+        problem = _position_problem(row["ra"], row["dec"])
+        if problem is not None:
+            dropped[problem] = dropped.get(problem, 0) + 1
+            continue
+        if row["class"] is not None and row["class"] not in CLASS_RANK:
+            raise InvalidValueError("class", row["class"], f"must be one of {list(CLASSES)} or null")
+        rows.append(row)
+    if report is not None:
+        report.update({"rows_in": table.num_rows, "columns_filled_null": filled,
+                       "rows_without_position": sum(dropped.values()),
+                       "rows_without_position_by_reason": dict(sorted(dropped.items()))})
     if not rows:
         return MERGED_SCHEMA.empty_table()
-    groups = friends_of_friends(table.column("ra").to_numpy(), table.column("dec").to_numpy(), radius)
+    groups = friends_of_friends(np.array([r["ra"] for r in rows], float), np.array([r["dec"] for r in rows], float),
+                                radius)
     precedence = {c: i for i, c in enumerate(CATALOG_PRECEDENCE)}
     members: dict[int, list[dict]] = {}
     for g, row in zip(groups, rows, strict=True):
         members.setdefault(int(g), []).append(row)
     merged = []
     for group in members.values():
-        group.sort(key=lambda r: (CLASS_RANK[r["class"]], precedence.get(r["source_catalog"], len(precedence)),
-                                  r["source_catalog"], r["source_row"]))
+        # a null class ranks after "other"; null catalog / row sort last
+        group.sort(key=lambda r: (CLASS_RANK.get(r["class"], len(CLASSES)),
+                                  precedence.get(r["source_catalog"], len(precedence)),
+                                  r["source_catalog"] is None, r["source_catalog"] or "",
+                                  r["source_row"] is None, r["source_row"] or 0))
         best = dict(group[0])
         for key in ("z", "theta_e_arcsec", "lens_type"):
             best[key] = next((r[key] for r in group if r[key] is not None), None)
-        best["source_catalogs"] = sorted({r["source_catalog"] for r in group})
+        best["source_catalogs"] = sorted({r["source_catalog"] for r in group if r["source_catalog"] is not None})
         best["member_names"] = [r["name"] for r in group]
         best["n_members"] = len(group)
         merged.append(best)
-    merged.sort(key=lambda r: (r["ra"], r["dec"], r["name"]))
+    merged.sort(key=lambda r: (r["ra"], r["dec"], r["name"] or ""))
     return pa.Table.from_pylist(merged, MERGED_SCHEMA)
 
 
@@ -385,7 +460,8 @@ def _parse_args(argv):
     r.add_argument("--input", required=True)
     r.add_argument("--out", required=True, help="catalog Parquet file")
     r.add_argument("--rejects", help="rejected rows Parquet (default: OUT with .rejects.parquet)")
-    m = sub.add_parser("merge", help="merge catalogs (Parquet files of `read`) by sky position")
+    m = sub.add_parser("merge", help="merge catalogs (`read` / `hardneg collect` output; Parquet, CSV or FITS; "
+                       "ra, dec in any case, missing columns null) by sky position")
     m.add_argument("--input", required=True, nargs="+")
     m.add_argument("--out", required=True)
     m.add_argument("--radius-arcsec", type=float, default=2.0)
@@ -410,9 +486,11 @@ def catalogs_main(argv: list[str] | None = None) -> int:
         storage.write_parquet(res.rejects, rejects)
         report = {"kind": args.kind, "input": args.input, "out": args.out, "rejects": rejects, **res.counts()}
     elif args.cmd == "merge":
-        merged = merge_catalogs([storage.read_parquet(u) for u in args.input], args.radius_arcsec)
+        counts: dict = {}
+        merged = merge_catalogs([storage.read_table(u) for u in args.input], args.radius_arcsec, counts)
         storage.write_parquet(merged, args.out)
-        report = {"inputs": args.input, "out": args.out, "rows_out": merged.num_rows,
+        counts["columns_filled_null"] = dict(zip(args.input, counts["columns_filled_null"], strict=True))
+        report = {"inputs": args.input, "out": args.out, **counts, "rows_out": merged.num_rows,
                   "radius_arcsec": args.radius_arcsec}
     else:
         from jobs.catalogs.crossmatch import crossmatch_file

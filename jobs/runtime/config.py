@@ -74,6 +74,8 @@ class SourceConfig:
     hybrid_clumps: bool = True                # Gen7b/7c
     hybrid_gradient: float = 0.15             # Gen7c colour-gradient strength (0 = none)
     hybrid_n_clumps: tuple = (2, 6)
+    hybrid_clump_flux_frac: tuple = (0.05, 0.25)  # each clump's share of the source flux
+    hybrid_clump_sigma_tpix: tuple = (0.8, 2.0)  # clump Gaussian sigma, template pixels (a quarter survey pixel)
     cosmos_bank: str | None = None
     deep_bank: str | None = None
 
@@ -92,6 +94,10 @@ class SourceConfig:
         check_config_range("source.hybrid_gradient", self.hybrid_gradient, 0, 1)
         n = self.hybrid_n_clumps
         object.__setattr__(self, "hybrid_n_clumps", tuple(int(v) for v in _interval("source.hybrid_n_clumps", n, 0, 50)))
+        object.__setattr__(self, "hybrid_clump_flux_frac",
+                           _interval("source.hybrid_clump_flux_frac", self.hybrid_clump_flux_frac, 0, 1))
+        object.__setattr__(self, "hybrid_clump_sigma_tpix",
+                           _interval("source.hybrid_clump_sigma_tpix", self.hybrid_clump_sigma_tpix, 0.1, 50))
         used = set(self.mix_modes) if self.mode == "mix" else {self.mode}
         if "cosmos" in used and not self.cosmos_bank:
             raise ConfigError("source.cosmos_bank", self.cosmos_bank, "a COSMOS bank path is required when cosmos sources are used")

@@ -84,6 +84,7 @@ def _hybrid_sources(row, fluxes, cfg):
         key=row["pair_id"], H=TEMPLATE_SIZE_PIX, W=TEMPLATE_SIZE_PIX, re_pix=row["src_r_eff_arcsec"] / tpix,
         n_sersic=row["src_n_sersic"], q=float(q),
         n_clumps_range=tuple(s.hybrid_n_clumps) if s.hybrid_clumps else (0, 0),
+        clump_sigma_pix_range=tuple(s.hybrid_clump_sigma_tpix), clump_flux_frac_range=tuple(s.hybrid_clump_flux_frac),
         gradient_strength=s.hybrid_gradient, normalize_sum=True)
     images = [result["bands"][b] for b in BANDS]
     return _template_sources(images, tpix, row, fluxes), f"hybrid:{row['pair_id']}"

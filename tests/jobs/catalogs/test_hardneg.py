@@ -7,10 +7,11 @@ import pickle
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from dhs_gen.errors import ConfigError
+from dhs_gen.errors import ConfigError, InvalidValueError
 from jobs.catalogs.hardneg import HardNegativeConfig, collect_hard_negatives, hardneg_main
 from jobs.catalogs.lens_catalogs import DEFAULT_FILES, read_catalog
 
@@ -122,3 +123,115 @@ def test_cli_collect(real, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["rows_out"] == pq.read_table(tmp_path / "hn" / "hard_neg_lookup.parquet").num_rows == 100
     assert json.loads((tmp_path / "hn" / "hard_neg_report.json").read_text())["rows_out"] == 100
+
+
+# ---- the seeds' workflow as written: real files, real commands, exactly as the user runs them ----
+
+def _lenscat_parquet(shared_data, tmp_path):
+    from jobs.catalogs.lens_catalogs import catalogs_main
+
+    out = tmp_path / "lenscat.parquet"
+    assert catalogs_main(["read", "--kind", "lenscat", "--input", str(shared_data / DEFAULT_FILES["lenscat"]),
+                          "--out", str(out)]) == 0
+    return out
+
+
+def _scored_default_anchors(shared_data, tmp_path):
+    """`dhs score` output of the real default anchor set (DES hosts have null ra/dec), same schema, no Spark."""
+    import torch
+
+    from jobs.anchors.anchor_set import build_default_anchor_set
+    from jobs.evaluation.score import score_table
+    from jobs.training.model import ModelConfig, build_model
+
+    anchors = tmp_path / "anchors"
+    build_default_anchor_set(shared_data, str(anchors), size_pix=32)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(arch="resnet_small", width=4)).eval()
+    scores = score_table(pq.read_table(anchors / "part-00000.parquet"), model)
+    (tmp_path / "scores").mkdir()
+    pq.write_table(scores, tmp_path / "scores" / "part-00000.parquet")
+    return tmp_path / "scores", scores
+
+
+def test_cli_collect_scores_with_null_positions_reports_them(shared_data, tmp_path, capsys):
+    lens = _lenscat_parquet(shared_data, tmp_path)
+    scores_dir, scores = _scored_default_anchors(shared_data, tmp_path)
+    n_null = scores.column("ra").null_count
+    assert n_null >= 40                                   # the DES LRG hosts have no position
+    capsys.readouterr()
+    assert hardneg_main(["collect", "--scores", str(scores_dir), "--known-lenses", str(lens),
+                         "--out", str(tmp_path / "hn"), "--min-score", "0"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    fp = report["sources"]["model_fp"]
+    labels = scores.column("label").to_pylist()
+    no_pos_label0 = sum(1 for r, lab in zip(scores.column("ra").to_pylist(), labels, strict=True)
+                        if r is None and lab == 0)
+    assert fp["no_position"] == fp["no_position_by_reason"]["null_position"] == no_pos_label0 > 0
+    assert fp["not_selected"] == labels.count(1)
+    assert fp["rows_in"] == scores.num_rows == (fp["not_selected"] + fp["no_position"] + fp["excluded_near_known_lens"]
+                                                + fp["over_top_k"] + fp["selected_out"])
+    out = pq.read_table(tmp_path / "hn" / "hard_neg_lookup.parquet")
+    assert out.num_rows == report["rows_out"] > 0 and out.column("ra").null_count == 0
+
+
+def test_catalogs_merge_of_lenscat_with_hardneg_output(shared_data, tmp_path, capsys):
+    from jobs.catalogs.lens_catalogs import MERGED_SCHEMA, catalogs_main
+
+    lens = _lenscat_parquet(shared_data, tmp_path)
+    gz = tmp_path / "gz2.parquet"
+    assert catalogs_main(["read", "--kind", "gz2", "--input", str(shared_data / DEFAULT_FILES["gz2"]),
+                          "--out", str(gz)]) == 0
+    assert hardneg_main(["collect", "--rings", str(gz), "--mergers", str(gz), "--known-lenses", str(lens),
+                         "--out", str(tmp_path / "hn")]) == 0
+    hn = tmp_path / "hn" / "hard_neg_lookup.parquet"
+    capsys.readouterr()
+    assert catalogs_main(["merge", "--input", str(lens), str(hn), "--out", str(tmp_path / "m.parquet")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    n_lens, n_hn = pq.read_table(lens).num_rows, pq.read_table(hn).num_rows
+    assert report["rows_in"] == n_lens + n_hn and report["rows_without_position"] == 0
+    assert set(report["columns_filled_null"][str(hn)]) == {"z", "theta_e_arcsec", "lens_type"}
+    m = pq.read_table(tmp_path / "m.parquet")
+    assert m.schema == MERGED_SCHEMA and sum(m.column("n_members").to_pylist()) == n_lens + n_hn
+    # hard negatives keep their class, grade and vote fraction; lenses keep their redshifts
+    rows = [r for r in m.to_pylist() if r["source_catalogs"] == ["gz2"]]
+    assert rows and {r["class"] for r in rows} == {"ring", "merger"} and all(r["z"] is None for r in rows)
+    assert all(r["class_score"] is not None and r["grade"] is not None for r in rows)
+    assert m.filter(pc.field("class") == "known_lens").column("z").null_count < 2309
+
+
+def test_seed_keyword_call_with_paths_and_raw_csv_columns(shared_data, tmp_path):
+    """The seed's call, with paths; the known lenses are the raw lenscat CSV (``RA [deg]``, ``DEC [deg]``)."""
+    from jobs.catalogs.lens_catalogs import catalogs_main
+
+    gz = tmp_path / "gz2.parquet"
+    assert catalogs_main(["read", "--kind", "gz2", "--input", str(shared_data / DEFAULT_FILES["gz2"]),
+                          "--out", str(gz)]) == 0
+    scores_dir, _ = _scored_default_anchors(shared_data, tmp_path)
+    cfg = HardNegativeConfig(min_score_threshold=0.0, top_k_per_source=5000, exclusion_radius_arcsec=5.0)
+    table, report = collect_hard_negatives(
+        model_scores_path=str(scores_dir), ring_catalog_path=str(gz), merger_catalog_path=str(gz),
+        known_lens_path=str(shared_data / DEFAULT_FILES["lenscat"]), output_dir=str(tmp_path / "hard_negatives"),
+        config=cfg)
+    assert report["n_known_lens_positions"] == 32838
+    assert pq.read_table(tmp_path / "hard_negatives" / "hard_neg_lookup.parquet").equals(table)
+    assert report["outputs"]["table"].endswith("hard_neg_lookup.parquet")
+    # the same as the positional call on tables read from the same files (the old signature)
+    lens_parquet = _lenscat_parquet(shared_data, tmp_path)
+    old, old_report = collect_hard_negatives(pq.read_table(scores_dir), pq.read_table(gz), pq.read_table(gz),
+                                             [pq.read_table(lens_parquet)], cfg)
+    assert old.equals(table) and old_report["sources"] == report["sources"]
+
+
+def test_upper_case_columns_are_found(real, tmp_path, capsys):
+    gz, lens = real["gz2"], real["slacs"]
+    up = gz.rename_columns([c.upper() for c in gz.column_names])
+    lens_up = lens.rename_columns([c.upper() for c in lens.column_names])
+    a, _ = collect_hard_negatives(None, gz, None, [lens])
+    b, _ = collect_hard_negatives(None, up, None, [lens_up])
+    assert a.equals(b) and a.num_rows > 0
+    with pytest.raises(InvalidValueError, match="ra"):
+        collect_hard_negatives(None, gz.drop(["ra"]), None, [lens])
+    with pytest.raises(InvalidValueError, match="not both"):
+        collect_hard_negatives(None, gz, None, [lens], ring_catalog_path="x.parquet")

@@ -229,3 +229,36 @@ def test_an_unterminated_quote_is_one_rejected_line_not_the_rest_of_the_file(sha
     assert res.rows_in == 18                             # every physical line is a row or a reject
     assert res.table.num_rows + res.rejects.num_rows == 18
     assert [r["line"] for r in res.rejects.to_pylist()] == [6]
+
+
+def test_cli_merge_raw_lenscat_csv_with_upper_case_and_positionless_tables(shared_data, tmp_path, capsys):
+    """Inputs exactly as they come: the raw lenscat CSV (``RA [deg]``), an upper-case FITS-like table,
+    a table whose rows lack positions; missing columns are null, positionless rows counted."""
+    import pyarrow as pa
+
+    from jobs.cli import main as dhs_main
+
+    raw = shared_data / DEFAULT_FILES["lenscat"]
+    slacs = read_catalog("slacs", shared_data / DEFAULT_FILES["slacs"]).table
+    upper = tmp_path / "slacs_upper.parquet"
+    pq.write_table(slacs.rename_columns([c.upper() for c in slacs.column_names]), upper)
+    nopos = tmp_path / "nopos.parquet"
+    pq.write_table(pa.table({"name": ["a", "b", "c"], "ra": [None, 10.0, float("nan")], "dec": [1.0, 2.0, 3.0]}),
+                   nopos)
+    out = tmp_path / "m.parquet"
+    assert catalogs_main(["merge", "--input", str(raw), str(upper), str(nopos), "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    n_raw = len(pd.read_csv(raw))
+    assert report["rows_in"] == n_raw + 59 + 3
+    assert report["rows_without_position_by_reason"] == {"null_position": 1, "non_finite_position": 1}
+    assert report["columns_filled_null"][str(upper)] == []
+    assert "class" in report["columns_filled_null"][str(raw)]
+    m = pq.read_table(out)
+    assert m.schema == MERGED_SCHEMA and sum(m.column("n_members").to_pylist()) == n_raw + 59 + 1
+    # SLACS rows (upper-case columns) kept their class and Einstein radii
+    assert m.filter(pa.compute.field("class") == "known_lens").num_rows >= 59
+    # a table without ra/dec is a user error: one `error:` line, exit 2
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"name": ["x"]}), bad)
+    assert dhs_main(["catalogs", "merge", "--input", str(bad), "--out", str(tmp_path / "b.parquet")]) == 2
+    assert "error:" in capsys.readouterr().err

@@ -107,3 +107,11 @@ def test_bad_artifact_overrides_name_the_field(overrides, field):
     with pytest.raises(ConfigError) as err:
         load_config("demo", {"artifact_overrides": overrides})
     assert err.value.field == field
+
+
+def test_gen7_clump_knobs_are_config_and_validated():
+    cfg = load_config("gen7", {"source": {"hybrid_clump_flux_frac": [0.1, 0.2], "hybrid_clump_sigma_tpix": [1, 3]}})
+    assert cfg.source.hybrid_clump_flux_frac == (0.1, 0.2) and cfg.source.hybrid_clump_sigma_tpix == (1.0, 3.0)
+    with pytest.raises(ConfigError) as err:
+        load_config("gen7", {"source": {"hybrid_clump_flux_frac": [0.3, 0.2]}})
+    assert err.value.field == "source.hybrid_clump_flux_frac"
