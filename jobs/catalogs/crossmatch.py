@@ -15,8 +15,11 @@ is not in a given footprint table are flagged ``in_footprint = False``, never dr
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
@@ -227,9 +230,17 @@ def crossmatch_file(catalog_uri: str, out_uri: str, footprint_uri: str | None = 
     table = storage.read_table(catalog_uri)
     footprint = read_footprint(footprint_uri) if footprint_uri else None
     out = crossmatch_bricks(table, footprint)
-    storage.write_parquet(out, out_uri)
     n_in = int(np.sum(out.column("in_footprint").to_numpy(zero_copy_only=False)))
     no_pos = int(out.column("brickname").null_count)
-    return {"rows_in": table.num_rows, "rows_out": out.num_rows, "in_footprint": n_in,
-            "outside_footprint": out.num_rows - n_in - no_pos, "no_position": no_pos,
-            "bricks": len({n for n in out.column("brickname").to_pylist() if n})}
+    report = {"rows_in": table.num_rows, "rows_out": out.num_rows, "in_footprint": n_in,
+              "outside_footprint": out.num_rows - n_in - no_pos, "no_position": no_pos,
+              "bricks": len({n for n in out.column("brickname").to_pylist() if n})}
+    if footprint is not None:
+        # filtered to the footprint; the other rows are kept beside it, never dropped
+        inside = out.column("in_footprint")
+        outside_uri = re.sub(r"\.parquet$", "", str(out_uri)) + "_outside_footprint.parquet"
+        storage.write_parquet(out.filter(pc.invert(inside)), outside_uri)
+        out = out.filter(inside)
+        report.update(rows_out=out.num_rows, outside_file=outside_uri)
+    storage.write_parquet(out, out_uri)
+    return report

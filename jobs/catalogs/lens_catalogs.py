@@ -3,6 +3,7 @@
     dhs catalogs read --kind lenscat --input lenscat_catalog.csv --out lenscat.parquet [--rejects R.parquet]
     dhs catalogs merge --input a.parquet b.parquet ... --out merged.parquet [--radius-arcsec 2]
     dhs catalogs crossmatch --catalog IN.parquet --out OUT.parquet [--footprint survey-bricks.fits.gz]
+    dhs catalogs crossmatch --catalog IN.parquet --brick-metadata ls_dr10_south_bricks_metadata.csv --output-dir DIR
 
 Every reader returns a :class:`CatalogRead`: the rows in :data:`CATALOG_SCHEMA` and the rejected
 rows in :data:`REJECT_SCHEMA` (catalog, line, reason), with ``rows_in = rows_out + rows_rejected``
@@ -466,9 +467,13 @@ def _parse_args(argv):
     m.add_argument("--out", required=True)
     m.add_argument("--radius-arcsec", type=float, default=2.0)
     x = sub.add_parser("crossmatch", help="add DR10 brickname, brick centre and brick pixel x/y")
-    x.add_argument("--catalog", required=True)
-    x.add_argument("--out", required=True)
-    x.add_argument("--footprint", help="survey-bricks FITS (or Parquet) listing the footprint's bricks")
+    x.add_argument("--catalog", required=True, help="catalog (Parquet, CSV or FITS; RA/DEC in any case)")
+    dest = x.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", help="output Parquet")
+    dest.add_argument("--output-dir", help="output folder (the seed's form): writes crossmatched.parquet there")
+    x.add_argument("--footprint", "--brick-metadata", dest="footprint",
+                   help="brick table of the footprint (survey-bricks FITS, or the DR10 bricks metadata CSV / Parquet): "
+                        "rows outside it go to <out>_outside_footprint.parquet")
     return p.parse_args(argv)
 
 
@@ -495,7 +500,8 @@ def catalogs_main(argv: list[str] | None = None) -> int:
     else:
         from jobs.catalogs.crossmatch import crossmatch_file
 
-        report = crossmatch_file(args.catalog, args.out, args.footprint)
+        out = args.out or storage.join(args.output_dir, "crossmatched.parquet")
+        report = crossmatch_file(args.catalog, out, args.footprint)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -124,9 +124,16 @@ def test_cli_crossmatch(shared_data, tmp_path, capsys):
     assert catalogs_main(["crossmatch", "--catalog", str(cat), "--out", str(out), "--footprint",
                           str(shared_data / "decam" / "survey-bricks.fits.gz")]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report == {"rows_in": 2, "rows_out": 2, "in_footprint": 1, "outside_footprint": 1, "no_position": 0,
-                      "bricks": 2}
-    assert pq.read_table(out).column("brickname").to_pylist()[0] == "2447p120"
+    outside = str(tmp_path / "x_outside_footprint.parquet")
+    assert report == {"rows_in": 2, "rows_out": 1, "in_footprint": 1, "outside_footprint": 1, "no_position": 0,
+                      "bricks": 2, "outside_file": outside}
+    # filtered to the footprint, the other row kept beside it: nothing lost
+    assert pq.read_table(out).column("brickname").to_pylist() == ["2447p120"]
+    assert pq.read_table(outside).column("name").to_pylist() == ["b"]
+    # the seed's form: --brick-metadata and --output-dir
+    assert catalogs_main(["crossmatch", "--catalog", str(cat), "--brick-metadata",
+                          str(shared_data / "decam" / "survey-bricks.fits.gz"), "--output-dir", str(tmp_path / "d")]) == 0
+    assert pq.read_table(tmp_path / "d" / "crossmatched.parquet").column("name").to_pylist() == ["a"]
 
 
 def test_the_command_on_the_real_parent_sample_as_given(shared_data, tmp_path, capsys):
@@ -155,6 +162,8 @@ def test_a_csv_footprint_and_rows_without_position(tmp_path):
     from jobs.catalogs.crossmatch import crossmatch_file
 
     counts = crossmatch_file(str(cat), str(tmp_path / "o.parquet"), str(fp))
-    assert counts == {"rows_in": 3, "rows_out": 3, "in_footprint": 1, "outside_footprint": 0, "no_position": 2,
-                      "bricks": 1}
-    assert pq.read_table(tmp_path / "o.parquet").column("brickname").to_pylist() == ["1501p022", None, None]
+    outside = str(tmp_path / "o_outside_footprint.parquet")
+    assert counts == {"rows_in": 3, "rows_out": 1, "in_footprint": 1, "outside_footprint": 0, "no_position": 2,
+                      "bricks": 1, "outside_file": outside}
+    assert pq.read_table(tmp_path / "o.parquet").column("brickname").to_pylist() == ["1501p022"]
+    assert pq.read_table(outside).column("brickname").to_pylist() == [None, None]
