@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inject": ("jobs.stages.inject", "4c: cut stamps, inject arcs, write stamps Parquet"),
     "train": ("jobs.training.train", "train the lens-finder CNN on stamps Parquet (CPU or GPU)"),
     "score": ("jobs.evaluation.score", "score stamps or anchors with a checkpoint (optional leakage masks)"),
+    "ensemble": ("jobs.evaluation.ensemble", "score with several checkpoints as one model (mean of calibrated probabilities)"),
     "evaluate": ("jobs.evaluation.evaluate", "metrics.json, leakage and anchor gates, plots and report.html"),
     "catalogs": ("jobs.catalogs.lens_catalogs", "real lens / look-alike catalogs: read | merge | crossmatch (DR10 bricks)"),
     "anchors": ("jobs.anchors.anchor_set", "build the real anchor set (known lenses + real hard negatives) with cutouts"),
