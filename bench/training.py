@@ -218,8 +218,9 @@ def bench_reader_stages(uri: str) -> dict:
     of a gathered batch, dihedral maps in numpy (reader) and in torch (training device, here CPU)."""
     import torch
 
+    from jobs.runtime.outputs import dataset_files
     from jobs.training.preprocess import apply_stats_, augment_dihedral, border_stats, dihedral_torch
-    from jobs.training.reader import _decode_images, _iter_file_batches, dataset_files
+    from jobs.training.reader import _decode_images, _iter_file_batches
 
     files = dataset_files(uri)
     cols = ["image", "image_shape", "label", "split", "cutout_ok"]

@@ -5,6 +5,7 @@ import json
 from support import CutoutService
 
 from jobs import cli
+from jobs.cutouts.host_images import Declared
 from jobs.runtime import outputs
 from jobs.stages import cutout_cache, hosts
 from jobs.stages.coadd_cache import CacheConfig
@@ -38,7 +39,7 @@ def test_fetch_once_with_retries_report_404_and_resume(shared_data, tmp_path):
     report = json.loads((dest / "_cache_report.json").read_text())
     assert report["stage"] == "4b_cutout_cache" and report["skipped"] == [name]
     # the cache is a cutout folder: hosts at the catalog positions, the 404 position rejected
-    m = hosts.build_hosts(f"local:{dest}", str(tmp_path / "hosts"), str(cat), declared=hosts.Declared(
+    m = hosts.build_hosts(f"local:{dest}", str(tmp_path / "hosts"), str(cat), declared=Declared(
         psf_fwhm_arcsec=(1.5, 1.3, 1.2)))
     assert (m["rows_written"], m["rejected_by_reason"]) == (1, {"no_cutout": 1, "duplicate_host": 1})
     assert outputs.read_manifest(str(tmp_path / "hosts"))["rows_in"] == 3

@@ -11,6 +11,7 @@ from support import CutoutService
 
 from jobs import cli
 from jobs.cutouts.coadds import load_brick
+from jobs.cutouts.host_images import Declared
 from jobs.cutouts.sources import LegacySurveyCutoutService
 from jobs.runtime import outputs, storage
 from jobs.runtime.config import load_config
@@ -207,14 +208,14 @@ def test_legacysurvey_service_hosts_with_retries_and_404(shared_data, tmp_path):
     with CutoutService(body, missing=("ra=10.0000000",), failures=2) as service:
         source = LegacySurveyCutoutService(service.template, retries=3, backoff_s=0.01)
         rows, rejects = hosts.build_service(source, hosts.read_catalog(str(cat)), 64,
-                                            hosts.Declared(psf_fwhm_arcsec=(1.5, 1.3, 1.2)), "legacysurvey")
+                                            Declared(psf_fwhm_arcsec=(1.5, 1.3, 1.2)), "legacysurvey")
     assert len(rows) == 1 and rows[0]["invvar_source"] == "file"
     assert [r["reason"] for r in rejects] == ["http_error"] and "404" in rejects[0]["detail"]
 
 
 def test_a_host_smaller_than_the_stamp_is_a_rejected_row(shared_data, tmp_path):
     out = tmp_path / "small"
-    hosts.build_hosts(f"local:{shared_data}/des/lrg_hosts", str(out), size=48, declared=hosts.Declared(
+    hosts.build_hosts(f"local:{shared_data}/des/lrg_hosts", str(out), size=48, declared=Declared(
         zeropoint=30.0, pixscale_arcsec=0.263, psf_fwhm_arcsec=(1.3, 1.15, 1.05)))
     host = pq.read_table(outputs.dataset_files(str(out))[0]).to_pylist()[0]
     cfg = _cfg()                                       # stamp_size_pix 64 > 48

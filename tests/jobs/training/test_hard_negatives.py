@@ -10,7 +10,7 @@ import torch
 
 from bench.training import make_synthetic_stamps
 from jobs.anchors.anchor_set import build_default_anchor_set
-from jobs.cutouts.host_images import read_npz
+from jobs.cutouts.host_images import Declared, read_npz
 from jobs.stages import hosts
 from jobs.training.hard_negatives import HardNegativeSet
 from jobs.training.model import ModelConfig, build_model
@@ -30,7 +30,7 @@ def hardneg_hosts(shared_data, tmp_path_factory):
         lines.append(f"{h.ra!r},{h.dec!r},{SOURCES[i]},{'7.0' if i == 0 else ('0.5' if i == 1 else '')}")
     (base / "hardneg.csv").write_text("\n".join(lines) + "\n")
     hosts.build_hosts(f"local:{shared_data}/dr10/cutouts", str(base / "hosts"), str(base / "hardneg.csv"), size=48,
-                      declared=hosts.Declared(psf_fwhm_arcsec=(1.5, 1.3, 1.2)))
+                      declared=Declared(psf_fwhm_arcsec=(1.5, 1.3, 1.2)))
     return base / "hosts"
 
 
