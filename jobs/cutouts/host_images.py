@@ -105,6 +105,11 @@ def measure_psf_fwhm(psf: np.ndarray, pixscale_arcsec: float) -> float:
     return math.sqrt(max(measured**2 - pixel_term, 0.0)) * pixscale_arcsec
 
 
+def on_dr10_grid(pixscale_arcsec: float) -> bool:
+    """True for a pixel scale within :data:`PIXSCALE_MATCH_RTOL` of 0.262"/pix: cut as is, never resampled."""
+    return abs(pixscale_arcsec / PIXSCALE_DR10_ARCSEC - 1.0) <= PIXSCALE_MATCH_RTOL
+
+
 def _wcs_pixscale(header) -> tuple[object, float | None]:
     """(WCS, arcsec per pixel) of a header with a celestial TAN WCS, else (None, None)."""
     from astropy.wcs import WCS
@@ -199,7 +204,7 @@ def read_cube_fits(path: str, hdul, declared: Declared, surface_brightness: bool
     image = data[idx] * declared.flux_scale
     if declared.zeropoint is not None:
         notes.append(f"counts at zeropoint {declared.zeropoint:g} x {declared.flux_scale:.6g} -> nanomaggies")
-    elif surface_brightness and abs(scale / PIXSCALE_DR10_ARCSEC - 1.0) > PIXSCALE_MATCH_RTOL:
+    elif surface_brightness and not on_dr10_grid(scale):
         image = image * (scale / PIXSCALE_DR10_ARCSEC) ** 2
         notes.append("surface brightness per 0.262\" pixel -> flux per native pixel")
     ra, dec = _wcs_centre(wcs, image.shape) if wcs is not None else (None, None)
@@ -349,7 +354,7 @@ def host_stamp(host: HostImage, size_pix: int, psf_fwhm_arcsec: tuple, ra=None, 
     ra = host.ra if ra is None else ra
     dec = host.dec if dec is None else dec
     b, h, w = host.image.shape
-    on_grid = abs(host.pixscale_arcsec / PIXSCALE_DR10_ARCSEC - 1.0) <= PIXSCALE_MATCH_RTOL
+    on_grid = on_dr10_grid(host.pixscale_arcsec)
     if on_grid:
         invvar = host.invvar if host.invvar is not None else np.ones_like(host.image)
         brick = CoaddBrick(brickname=str(bricknames_for(ra, dec)) if ra is not None else "", bands=BANDS,

@@ -42,11 +42,11 @@ from jobs.cutouts.coadds import HostStamp, cut_stamp, load_brick
 from jobs.cutouts.cutout import BANDS, CutoutUnavailable
 from jobs.cutouts.host_images import (
     NOISE_BORDER_PIX,
-    PIXSCALE_MATCH_RTOL,
     Declared,
     HostImage,
     host_stamp,
     match_seeing,
+    on_dr10_grid,
     read_fits_host,
     read_folder,
 )
@@ -112,6 +112,24 @@ def host_row(stamp: HostStamp, meta: dict, psf_source: str, invvar_source: str, 
             "invvar_source": invvar_source, "source": source, "provenance": "; ".join(provenance)}
 
 
+def _catalog_meta(row: dict) -> dict:
+    """A catalog row as host metadata, named by its ``name`` column or else its position."""
+    return {"name": row.get("name") or f"{row['ra']:.6f}{row['dec']:+.6f}", **row}
+
+
+def _brick_of(row: dict) -> str:
+    return str(row.get("brickname") or bricknames_for(row["ra"], row["dec"]))
+
+
+def _keep(result: tuple, rows: list, rejects: list) -> None:
+    """File a ``(row, reject)`` result of :func:`from_host_image` where it belongs."""
+    row, reject = result
+    if row:
+        rows.append(row)
+    else:
+        rejects.append(reject)
+
+
 def _reject(meta: dict, reason: str, detail: str = "") -> dict:
     return {"name": meta.get("name"), "ra": meta.get("ra"), "dec": meta.get("dec"), "reason": reason, "detail": detail}
 
@@ -129,16 +147,15 @@ def from_host_image(host: HostImage, meta: dict, size: int, declared: Declared, 
     if declared.match_fwhm_arcsec is not None:
         image, note = match_seeing(host.image, psf, declared.match_fwhm_arcsec, host.pixscale_arcsec,
                                    host.psf_images if psf_source == host.psf_source else None)
-        if note:
-            host = HostImage(host.name, image, host.pixscale_arcsec, None, host.maskbits, host.wcs, host.ra, host.dec,
-                             provenance=provenance)
+        if note:   # the file's invvar no longer describes the blurred noise: estimated on the stamp
+            host = dataclasses.replace(host, image=image, invvar=None)
             psf = tuple(max(p, t) for p, t in zip(psf, declared.match_fwhm_arcsec, strict=True))
             psf_source += "; " + note
             provenance.append(note)
     stamp = host_stamp(host, size, psf, meta.get("ra"), meta.get("dec"))
     if not stamp.ok:
         return None, _reject(meta, stamp.reject_reason, host.name)
-    on_grid = abs(host.pixscale_arcsec / PIXSCALE_DR10_ARCSEC - 1.0) <= PIXSCALE_MATCH_RTOL
+    on_grid = on_dr10_grid(host.pixscale_arcsec)
     provenance.append(f"cut {size}x{size} at the host's nearest pixel" if on_grid else
                       f"area-weighted resample {host.pixscale_arcsec:.4f} -> {PIXSCALE_DR10_ARCSEC}\"/pix, "
                       f"{size}x{size}, centred on the cutout centre")
@@ -160,26 +177,21 @@ def build_local(folder: str, catalog: list[dict] | None, size: int, declared: De
                                  MATCH_RADIUS_ARCSEC) if placed else (np.full(len(catalog), -1), None))
         pairs = []
         for c, i in zip(catalog, idx, strict=True):
-            meta = {"name": c.get("name") or f"{c['ra']:.6f}{c['dec']:+.6f}", **c}
+            meta = _catalog_meta(c)
             if i < 0:
                 rejects.append(_reject(meta, "no_cutout", f"none within {MATCH_RADIUS_ARCSEC}\" in {folder}"))
             else:
                 pairs.append((placed[i], meta))
     for host, meta in pairs:
-        row, rej = from_host_image(host, meta, size, declared, source)
-        if row:
-            rows.append(row)
-        else:
-            rejects.append(rej)
+        _keep(from_host_image(host, meta, size, declared, source), rows, rejects)
     return rows, rejects
 
 
 def build_coadd(cutouts: CoaddCacheCutouts, catalog: list[dict], size: int, declared: Declared, source: str):
     """Hosts cut from DR10 bricks exactly as stage 4c cuts them (psfsize map unless the catalog has PSFSIZE)."""
     rows, rejects, brick = [], [], None
-    for c in sorted(catalog, key=lambda r: (str(r.get("brickname") or bricknames_for(r["ra"], r["dec"])), r["ra"])):
-        meta = {"name": c.get("name") or f"{c['ra']:.6f}{c['dec']:+.6f}", **c}
-        name = str(c.get("brickname") or bricknames_for(c["ra"], c["dec"]))
+    for c in sorted(catalog, key=lambda r: (_brick_of(r), r["ra"])):   # each brick loaded once
+        meta, name = _catalog_meta(c), _brick_of(c)
         if brick is None or brick.brickname != name:
             brick = load_brick(cutouts.root, name, BANDS)
         stamp = cut_stamp(brick, c["ra"], c["dec"], size)
@@ -207,7 +219,7 @@ def build_service(service: LegacySurveyCutoutService, catalog: list[dict], size:
         declared = dataclasses.replace(declared, pixscale_arcsec=PIXSCALE_DR10_ARCSEC)
     rows, rejects = [], []
     for c in catalog:
-        meta = {"name": c.get("name") or f"{c['ra']:.6f}{c['dec']:+.6f}", **c}
+        meta = _catalog_meta(c)
         try:
             data = service.fetch_bytes(c["ra"], c["dec"], size + 2)
             with fits.open(io.BytesIO(data)) as hdul:
@@ -218,11 +230,7 @@ def build_service(service: LegacySurveyCutoutService, catalog: list[dict], size:
         except OSError as err:
             rejects.append(_reject(meta, "corrupt_fits", str(err)[:200]))
             continue
-        row, rej = from_host_image(host, meta, size, declared, source)
-        if row:
-            rows.append(row)
-        else:
-            rejects.append(rej)
+        _keep(from_host_image(host, meta, size, declared, source), rows, rejects)
     return rows, rejects
 
 
