@@ -16,18 +16,19 @@ def shared_data_dir() -> Path:
 class CutoutService:
     """A stand-in of the Legacy Surveys cutout service on 127.0.0.1: serves ``body`` for any position,
     404 for positions whose URL contains one of ``missing``, 503 for the first ``failures`` requests;
-    counts requests. Use as a context manager; ``template`` is its URL template."""
+    counts requests and keeps their paths. Use as a context manager; ``template`` is its URL template."""
 
     def __init__(self, body: bytes, missing: tuple = (), failures: int = 0):
         import http.server
         import threading
 
         outer = self
-        self.body, self.missing, self.failures_left, self.requests = body, missing, failures, 0
+        self.body, self.missing, self.failures_left, self.requests, self.paths = body, missing, failures, 0, []
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server API
                 outer.requests += 1
+                outer.paths.append(self.path)
                 if outer.failures_left > 0:
                     outer.failures_left -= 1
                     self.send_error(503)

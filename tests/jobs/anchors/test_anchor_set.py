@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import glob
-import http.server
 import json
-import threading
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
 from scipy.special import erf
+from support import CutoutService
 
 from dhs_gen.imaging.resample import area_weighted_resample
 from dhs_gen.survey.bricks import brick_by_name, brick_wcs
@@ -181,27 +180,6 @@ def test_local_folder_matches_by_position_and_builder_labels(shared_data):
     assert "cand" in table2.column("name").to_pylist()
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    body = b""
-    fail_first = 0
-    requests: list = []
-
-    def do_GET(self):  # noqa: N802 - http.server API
-        type(self).requests.append(self.path)
-        if "missing" in self.path:
-            self.send_error(404)
-        elif len(type(self).requests) <= type(self).fail_first:
-            self.send_error(503)
-        else:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(self.body)))
-            self.end_headers()
-            self.wfile.write(self.body)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_legacysurvey_service_against_a_local_http_server(tmp_path):
     rng = np.random.default_rng(5)
     cube = rng.normal(0, 0.01, (3, 40, 40)).astype(np.float32)
@@ -209,22 +187,15 @@ def test_legacysurvey_service_against_a_local_http_server(tmp_path):
     hdu.header["BANDS"] = "grz"
     path = tmp_path / "cut.fits"
     hdu.writeto(path)
-    _Handler.body, _Handler.fail_first, _Handler.requests = path.read_bytes(), 2, []
-    server = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/cutout.fits?ra={{ra}}&dec={{dec}}&size={{size}}"
-        svc = LegacySurveyCutoutService(url, retries=3, backoff_s=0.0, timeout_s=5)
+    with CutoutService(path.read_bytes(), missing=("missing",), failures=2) as server:
+        svc = LegacySurveyCutoutService(server.template, retries=3, backoff_s=0.0, timeout_s=5)
         cut = svc.fetch(150.1, 2.2, 32)
-        assert len(_Handler.requests) == 3  # two 503s retried, then served
-        assert "ra=150.1000000" in _Handler.requests[-1] and "size=32" in _Handler.requests[-1]
+        assert server.requests == 3  # two 503s retried, then served
+        assert "ra=150.1000000" in server.paths[-1] and "size=32" in server.paths[-1]
         np.testing.assert_array_equal(cut.image, cube[:, 4:36, 4:36])
-        _Handler.requests = []
         with pytest.raises(CutoutUnavailable, match="http_error"):
-            LegacySurveyCutoutService(url.replace("cutout", "missing"), retries=3, backoff_s=0).fetch(1, 1, 8)
-        assert len(_Handler.requests) == 1  # a 404 is not retried
-    finally:
-        server.shutdown()
+            LegacySurveyCutoutService(server.template.replace("cutout", "missing"), retries=3, backoff_s=0).fetch(1, 1, 8)
+        assert server.requests == 4  # a 404 is not retried
     with pytest.raises(ValueError, match="url_template"):
         LegacySurveyCutoutService("http://x/?ra={ra}")
 
