@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from dhs_gen.json_values import finite_or_none
 from jobs.runtime.config import load_config, shared_data_dir
 
 
@@ -70,22 +71,23 @@ def build_real_set(out: Path, shared: Path, partitions: int, spark, overrides: d
 
 
 def real_headline(eval_scores_uri: str, threshold: float) -> dict:
-    """Contamination of the never-seen real non-lenses and recall of the real lenses at ``threshold``, and their AUC."""
+    """Contamination of the never-seen real non-lenses and recall of the real lenses at ``threshold``
+    (counted as the anchor gate counts them), and their AUC with a bootstrap 95 % interval."""
     import numpy as np
 
     from dhs_gen.metrics import bootstrap_ci, roc_auc
+    from jobs.evaluation.gates import compute_anchor_metrics
     from jobs.runtime import outputs, storage
 
     t = storage.read_parquet(outputs.dataset_files(eval_scores_uri)).to_pylist()
     rows = [r for r in t if r["score"] is not None]
     s = np.array([r["score"] for r in rows], float)
     y = np.array([r["label"] for r in rows], int)
-    neg, pos = s[y == 0], s[y == 1]
-    auc = bootstrap_ci(roc_auc, s, y, n_boot=1000, seed=0) if len(neg) and len(pos) else None
-    return {"threshold": threshold, "n_real_nonlenses": int(neg.size), "n_real_lenses": int(pos.size),
-            "contamination": float(np.mean(neg >= threshold)) if neg.size else None,
-            "n_contaminated": int(np.sum(neg >= threshold)),
-            "recall": float(np.mean(pos >= threshold)) if pos.size else None, "n_recovered": int(np.sum(pos >= threshold)),
+    m = compute_anchor_metrics(s, y, threshold)
+    auc = bootstrap_ci(roc_auc, s, y, n_boot=1000, seed=0) if m.n_known_lenses and m.n_hard_negatives else None
+    return {"threshold": threshold, "n_real_nonlenses": m.n_hard_negatives, "n_real_lenses": m.n_known_lenses,
+            "contamination": finite_or_none(m.contamination_rate_0p5), "n_contaminated": m.n_contaminated_at_0p5,
+            "recall": finite_or_none(m.recovery_rate_0p5), "n_recovered": m.n_recovered_at_0p5,
             "auc_real": None if auc is None else auc.estimate,
             "auc_real_ci95": None if auc is None else [auc.lo, auc.hi], "n_unscored": len(t) - len(rows)}
 

@@ -74,3 +74,18 @@ def test_the_real_set_rebuilds_in_place(real, shared_data):
     out, table, split = real
     again = split_real_objects(table, PROBS, out)
     assert again["objects_per_role"] == split["objects_per_role"]
+
+
+def test_real_headline_counts_at_the_threshold_by_hand(tmp_path):
+    import pyarrow as pa
+
+    from jobs.experiments.demo import real_headline
+
+    scores = pa.table({"anchor_id": [f"a{i}" for i in range(7)], "score": [0.9, 0.5, 0.2, 0.6, 0.4, 0.1, None],
+                       "label": [1, 1, 1, 0, 0, 0, 0], "score_status": ["ok"] * 6 + ["no_image"]})
+    storage.write_parquet(scores, str(tmp_path / "s" / "part-00000.parquet"))
+    storage.write_json(str(tmp_path / "s" / outputs.MANIFEST_NAME), {"files": ["part-00000.parquet"]})
+    h = real_headline(str(tmp_path / "s"), 0.5)
+    # lenses 0.9, 0.5 at or above 0.5 (2 of 3); non-lenses 0.6 (1 of 3); AUC: 6 of 9 pairs ordered right
+    assert (h["n_recovered"], h["n_real_lenses"], h["n_contaminated"], h["n_real_nonlenses"]) == (2, 3, 1, 3)
+    assert h["auc_real"] == pytest.approx(6 / 9) and h["n_unscored"] == 1
