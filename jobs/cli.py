@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cosmos-bank": ("jobs.experiments.banks:cosmos_bank_main", "Gen5: build a COSMOS source bank (HDF5) from a GalSim catalog"),
     "deep-bank": ("jobs.experiments.banks:deep_bank_main", "Gen6: build a deep ground-based source bank (NPZ) from FITS scenes"),
     "ablate": ("jobs.experiments.ablate", "ablation suite: variants through 4a..evaluate, AUC matrix, paired-bootstrap deltas"),
+    "experiment": ("jobs.experiments.run_experiment", "run one experiment config (seed 004): 4a -> 4c -> train -> score -> evaluate"),
     "demo": ("jobs.experiments.demo", "the whole chain on the embedded synthetic sky"),
 }
 

@@ -38,7 +38,7 @@ from dhs_gen.metrics import paired_bootstrap_delta, roc_auc, tpr_at_fpr, tpr_at_
 from dhs_gen.utils import hash_uint64
 
 ANCHORS = "anchors"
-ARTIFACT_ORDER = ("none", "mild", "strong")  # the order of ExperimentConfig.artifact_mix
+ARTIFACT_ORDER = ("none", "mild", "strong")  # the order of InjectionConfig.artifact_mix
 
 
 def _frac_above(s: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:

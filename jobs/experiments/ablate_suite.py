@@ -3,7 +3,7 @@
 A suite (``configs/ablations/<suite>.yaml``) names a baseline and variants, each a generation
 preset plus overrides, and per-scale settings. :func:`load_suite` validates the YAML,
 :func:`scale_settings` fills one scale's defaults, :func:`resolve_variant` merges preset <- common
-<- scale <- variant into an (ExperimentConfig, TrainConfig), and :func:`check_comparable` refuses
+<- scale <- variant into an (InjectionConfig, TrainConfig), and :func:`check_comparable` refuses
 variants that differ in what a comparison must share. Used by :mod:`jobs.experiments.ablate`.
 """
 
@@ -17,8 +17,8 @@ import yaml
 from dhs_gen.errors import ConfigError
 from jobs.runtime.config import (
     CONFIG_DIR,
-    ExperimentConfig,
-    _deep_merge,
+    InjectionConfig,
+    deep_merge,
     config_from_dict,
     find_yaml,
     read_config_dict,
@@ -139,25 +139,25 @@ def uses_cosmos(cfg_dict: dict) -> bool:
 
 def resolve_variant(suite: Suite, variant: Variant, scale: dict, bank: str | None,
                     mix_overrides: dict | None = None):
-    """(ExperimentConfig, TrainConfig, source note) of one variant: preset <- common <- scale <- variant.
+    """(InjectionConfig, TrainConfig, source note) of one variant: preset <- common <- scale <- variant.
 
     The suite seed replaces the preset's experiment and training seeds; a cosmos variant gets
     the bank, or, without one, the suite's ``no_bank_overrides`` (said in the note).
     """
     from jobs.training.train import load_train_config
 
-    merged = _deep_merge(read_config_dict(variant.preset), suite.common_overrides)
-    merged = _deep_merge(merged, scale["overrides"])
-    merged = _deep_merge(merged, variant.overrides)
+    merged = deep_merge(read_config_dict(variant.preset), suite.common_overrides)
+    merged = deep_merge(merged, scale["overrides"])
+    merged = deep_merge(merged, variant.overrides)
     if variant.mix_weights:
-        merged = _deep_merge(merged, mix_overrides or {})
+        merged = deep_merge(merged, mix_overrides or {})
     note = ""
     if uses_cosmos(merged):
         if bank:
-            merged = _deep_merge(merged, {"source": {"cosmos_bank": bank}})
+            merged = deep_merge(merged, {"source": {"cosmos_bank": bank}})
             note = f"cosmos sources from bank {bank}"
         else:
-            merged = _deep_merge(merged, suite.no_bank_overrides)
+            merged = deep_merge(merged, suite.no_bank_overrides)
             note = f"no COSMOS bank: cosmos replaced by overrides {suite.no_bank_overrides}"
     merged["seed"] = suite.seed
     merged.pop("extends", None)
@@ -167,7 +167,7 @@ def resolve_variant(suite: Suite, variant: Variant, scale: dict, bank: str | Non
     return cfg, load_train_config(variant.preset, train_over), note
 
 
-def check_comparable(cfgs: dict[str, ExperimentConfig]) -> None:
+def check_comparable(cfgs: dict[str, InjectionConfig]) -> None:
     """Refuse variants that differ in what must be shared (seed, grid, replicates, splits, stamps)."""
     ref_name, ref = next(iter(cfgs.items()))
     for name, cfg in cfgs.items():

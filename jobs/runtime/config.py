@@ -1,10 +1,12 @@
-"""Experiment configuration: YAML (safe_load) -> frozen, validated dataclasses, before Spark starts.
+"""Injection configuration (stages 4a and 4c): YAML (safe_load) -> frozen, validated dataclasses, before Spark starts.
 
+It is the ``data`` part of an experiment (:mod:`jobs.experiment`): a data variant names a
+generation preset and the seed's injection fields, and resolves to one :class:`InjectionConfig`.
 A generation (gen5, gen5prime, gen6, gen7a/b/c, gen8a/b/c, uber) is a configuration of the one
 4a/4c code path: ``configs/<name>.yaml``. ``load_config`` resolves a preset name or a YAML path,
-applies overrides, validates every field (seed 004 ``ExperimentConfig`` rules: a Moffat PSF needs
+applies overrides, validates every field (the seed 004 experiment rules that concern injection: a Moffat PSF needs
 ``moffat_beta``, cosmos mode needs a COSMOS bank path, ranges sane) and returns an
-:class:`ExperimentConfig`. Errors are :class:`dhs_gen.errors.ConfigError` naming the field, the
+:class:`InjectionConfig`. Errors are :class:`dhs_gen.errors.ConfigError` naming the field, the
 value and what is allowed, so a bad config fails on the driver before any executor starts.
 """
 
@@ -123,8 +125,8 @@ class LensConfig:
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
-    """One experiment: a generation preset plus its overrides. Units are in the field names."""
+class InjectionConfig:
+    """What 4a plans and 4c renders: a generation preset plus its overrides. Units are in the field names."""
 
     name: str = "experiment"
     generation: str = "custom"
@@ -238,26 +240,33 @@ def _check_type(name: str, declared: str, value) -> None:
         raise ConfigError(name, value, f"must be {allowed}, not {type(value).__name__}")
 
 
-def _build(cls, data: dict, prefix: str):
+def build_dataclass(cls, data: dict, prefix: str = "", nested: dict | None = None):
+    """``cls(**data)`` after checking every key is a field and every value has the field's declared type.
+
+    ``nested`` maps a field name to the dataclass its mapping is built into (recursively, with the
+    field name added to ``prefix`` so errors name ``source.mag_r``, ``seeds.global_seed``...).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(prefix.rstrip(".") or "config", data, "must be a mapping of fields")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}", data[unknown[0]], f"unknown field; allowed: {sorted(known)}")
     kwargs = {}
     for key, value in data.items():
-        _check_type(f"{prefix}{key}", known[key].type, value)
-        if key == "source":
-            value = _build(SourceConfig, value, "source.")
-        elif key == "lens":
-            value = _build(LensConfig, value, "lens.")
+        if key in (nested or {}):
+            value = build_dataclass(nested[key], value, f"{prefix}{key}.")
+        else:
+            _check_type(f"{prefix}{key}", known[key].type, value)
         kwargs[key] = value
     return cls(**kwargs)
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` laid on top, mapping into mapping (other values replaced)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -272,12 +281,12 @@ def find_yaml(name_or_path: str, folder: Path, field: str = "config") -> Path:
     return path
 
 
-def read_config_dict(name_or_path: str, _chain: tuple = ()) -> dict:
+def read_config_dict(name_or_path: str, _chain: tuple = (), folder: Path = CONFIG_DIR) -> dict:
     """YAML of a preset name (``configs/<name>.yaml``) or a path, following ``extends:`` chains.
 
     An empty file, a YAML syntax error (with its line) and an ``extends`` cycle are ConfigErrors.
     """
-    path = find_yaml(name_or_path, CONFIG_DIR)
+    path = find_yaml(name_or_path, folder)
     if path.resolve() in _chain:
         cycle = " -> ".join(p.name for p in (*_chain, path.resolve()))
         raise ConfigError("extends", str(name_or_path), f"a cycle: {cycle}")
@@ -293,14 +302,14 @@ def read_config_dict(name_or_path: str, _chain: tuple = ()) -> dict:
     if not isinstance(data, dict):
         raise ConfigError("config", str(path), "the YAML must be a mapping of fields")
     parent = data.pop("extends", None)
-    return _deep_merge(read_config_dict(parent, (*_chain, path.resolve())), data) if parent else data
+    return deep_merge(read_config_dict(parent, (*_chain, path.resolve()), folder), data) if parent else data
 
 
-def config_from_dict(data: dict) -> ExperimentConfig:
-    """Validated :class:`ExperimentConfig` from a plain dict (e.g. a ``_manifest.json`` ``config``)."""
-    return _build(ExperimentConfig, dict(data), "")
+def config_from_dict(data: dict) -> InjectionConfig:
+    """Validated :class:`InjectionConfig` from a plain dict (e.g. a ``_manifest.json`` ``config``)."""
+    return build_dataclass(InjectionConfig, dict(data), "", {"source": SourceConfig, "lens": LensConfig})
 
 
-def load_config(name_or_path: str, overrides: dict | None = None) -> ExperimentConfig:
-    """Preset name or YAML path (+ nested overrides) -> validated :class:`ExperimentConfig`."""
-    return config_from_dict(_deep_merge(read_config_dict(name_or_path), overrides or {}))
+def load_config(name_or_path: str, overrides: dict | None = None) -> InjectionConfig:
+    """Preset name or YAML path (+ nested overrides) -> validated :class:`InjectionConfig`."""
+    return config_from_dict(deep_merge(read_config_dict(name_or_path), overrides or {}))

@@ -31,7 +31,7 @@ from jobs.cutouts.coadds import HostStamp
 from jobs.cutouts.cutout import BANDS
 from jobs.cutouts.host_images import crop_stamp
 from jobs.runtime import outputs, stage, storage
-from jobs.runtime.config import ExperimentConfig, config_from_dict
+from jobs.runtime.config import InjectionConfig, config_from_dict
 from jobs.runtime.schema import HOST_SCHEMA, MANIFEST_SCHEMA, STAMP_SCHEMA, decode_image
 from jobs.stages.render_row import rejected_row, render_row
 
@@ -39,7 +39,7 @@ OUTPUT_BATCH_ROWS = 256  # one Parquet row group (~25 MB of stamps): bounded mem
 _BANK_CACHE: dict = {}
 
 
-def open_banks(cfg: ExperimentConfig) -> dict:
+def open_banks(cfg: InjectionConfig) -> dict:
     """Template banks the config names, opened once per executor process."""
     banks = {}
     for kind, path in (("cosmos", cfg.source.cosmos_bank), ("deep", cfg.source.deep_bank)):
@@ -52,7 +52,7 @@ def open_banks(cfg: ExperimentConfig) -> dict:
     return banks
 
 
-def inject_rows(rows: Iterable[dict], cfg: ExperimentConfig, coadd_root: str, git_sha: str) -> Iterator[dict]:
+def inject_rows(rows: Iterable[dict], cfg: InjectionConfig, coadd_root: str, git_sha: str) -> Iterator[dict]:
     """Manifest rows sorted by brick -> stamp rows, loading each brick once (pure Python; tests call it)."""
     from jobs.cutouts.coadds import cut_stamp, load_brick
 
@@ -91,7 +91,7 @@ def host_stamp_of(row: dict, size_pix: int) -> HostStamp:
     return crop_stamp(full, size_pix)
 
 
-def inject_host_rows(rows: Iterable[dict], cfg: ExperimentConfig, git_sha: str) -> Iterator[dict]:
+def inject_host_rows(rows: Iterable[dict], cfg: InjectionConfig, git_sha: str) -> Iterator[dict]:
     """Manifest rows joined to their hosts -> stamp rows (pure Python; tests call it)."""
     banks = open_banks(cfg)
     arc_cache: dict = {}
@@ -105,7 +105,7 @@ def inject_host_rows(rows: Iterable[dict], cfg: ExperimentConfig, git_sha: str) 
             yield rejected_row(row, f"error:{type(err).__name__}:{err}"[:200], git_sha)
 
 
-def inject_batches(batches: Iterable[pa.RecordBatch], cfg: ExperimentConfig, coadd_root: str | None,
+def inject_batches(batches: Iterable[pa.RecordBatch], cfg: InjectionConfig, coadd_root: str | None,
                    git_sha: str) -> Iterator[pa.Table]:
     """Arrow manifest batches (sorted by split, brick or host) -> Arrow stamp tables of at most
     OUTPUT_BATCH_ROWS rows, each of one split (each becomes one Parquet row group). Without a

@@ -29,7 +29,7 @@ from dhs_gen.conventions import ellipticity_from_q_phi
 from dhs_gen.errors import ConfigError
 from dhs_gen.utils import categorical_from_hash, hash_uint64, rng_for
 from jobs.runtime import outputs, stage, storage
-from jobs.runtime.config import SPLITS, ExperimentConfig, load_config
+from jobs.runtime.config import SPLITS, InjectionConfig, load_config
 from jobs.runtime.schema import MANIFEST_SCHEMA, REJECT_SCHEMA
 
 SPLIT_SALT = "split_v1"  # independent of the experiment seed: every generation shares the test bricks
@@ -108,7 +108,7 @@ def split_for_brick(brickname: str, fractions) -> str:
     return SPLITS[categorical_from_hash(str(brickname), fractions, salt=SPLIT_SALT)]
 
 
-def _modes(pair_id: str, cfg: ExperimentConfig) -> tuple[str, str]:
+def _modes(pair_id: str, cfg: InjectionConfig) -> tuple[str, str]:
     from dhs_gen.augmentation.mixer import MixerConfig, assign_modes
 
     src, art = cfg.source.mode, cfg.artifact_profile
@@ -122,7 +122,7 @@ def _modes(pair_id: str, cfg: ExperimentConfig) -> tuple[str, str]:
     return src, art
 
 
-def draw_pair_params(pair_id: str, theta_e: float, cfg: ExperimentConfig) -> dict:
+def draw_pair_params(pair_id: str, theta_e: float, cfg: InjectionConfig) -> dict:
     """Lens and source parameters of one pair, drawn from the pair's own generator."""
     rng = rng_for(pair_id, f"params:{cfg.seed}")
     s, lens = cfg.source, cfg.lens
@@ -145,7 +145,7 @@ def draw_pair_params(pair_id: str, theta_e: float, cfg: ExperimentConfig) -> dic
     }
 
 
-def plan_host(host: dict, cfg: ExperimentConfig, config_hash: str) -> list[dict]:
+def plan_host(host: dict, cfg: InjectionConfig, config_hash: str) -> list[dict]:
     """All manifest rows of one host (pure; what each Spark task runs per parent row)."""
     hid = host.get("host_id") or host_id(host["brickname"], host["ra"], host["dec"])
     # a host set may fix each object's split (object-disjoint real sets); else by brick, and hosts
@@ -179,14 +179,14 @@ def plan_host(host: dict, cfg: ExperimentConfig, config_hash: str) -> list[dict]
     return rows
 
 
-def plan_batches(batches: Iterable[pa.RecordBatch], cfg: ExperimentConfig, config_hash: str) -> Iterator[pa.Table]:
+def plan_batches(batches: Iterable[pa.RecordBatch], cfg: InjectionConfig, config_hash: str) -> Iterator[pa.Table]:
     """Arrow batches of hosts -> Arrow tables of manifest rows (one table per input batch)."""
     for batch in batches:
         rows = [row for host in batch.to_pylist() for row in plan_host(host, cfg, config_hash)]
         yield pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
 
-def run(parent_uri: str | None, cfg: ExperimentConfig, out_uri: str, partitions: int = 4, overwrite: bool = False,
+def run(parent_uri: str | None, cfg: InjectionConfig, out_uri: str, partitions: int = 4, overwrite: bool = False,
         spark=None, hosts_uri: str | None = None) -> dict:
     """Plan the manifest with Spark and commit it with ``_manifest.json``; returns the manifest dict.
 

@@ -17,7 +17,7 @@ import numpy as np
 from dhs_gen import PIPELINE_VERSION
 from dhs_gen.conventions import mag_to_nmgy
 from dhs_gen.utils import rng_for
-from jobs.runtime.config import ExperimentConfig
+from jobs.runtime.config import InjectionConfig
 from jobs.runtime.schema import encode_image
 
 BANDS = "grz"
@@ -31,7 +31,7 @@ def source_mags(row: dict) -> dict:
     return {"g": r + row["src_color_gr"], "r": r, "z": r - row["src_color_rz"]}
 
 
-def make_psfs(fwhms_arcsec, cfg: ExperimentConfig, e1: float = 0.0, e2: float = 0.0) -> list[np.ndarray]:
+def make_psfs(fwhms_arcsec, cfg: InjectionConfig, e1: float = 0.0, e2: float = 0.0) -> list[np.ndarray]:
     """Per-band PSF kernels at the stamp position (Moffat with the configured beta, or Gaussian)."""
     from dhs_gen.physics.psf import make_psf
 
@@ -95,7 +95,7 @@ def _bank_sources(row, fluxes, bank):
     return _template_sources(list(template.images), template.pixscale_arcsec, row, fluxes), template.template_id
 
 
-def build_sources(row: dict, cfg: ExperimentConfig, banks: dict):
+def build_sources(row: dict, cfg: InjectionConfig, banks: dict):
     """Per-band source objects for the row's ``source_mode``, and the template id used."""
     fluxes = [float(mag_to_nmgy(m)) for m in source_mags(row).values()]
     mode = row["source_mode"]
@@ -110,7 +110,7 @@ def build_sources(row: dict, cfg: ExperimentConfig, banks: dict):
     raise KeyError(f"unknown source_mode {mode!r}")
 
 
-def render_arc_for_row(row: dict, psfs, cfg: ExperimentConfig, banks: dict, lens_offset_arcsec=(0.0, 0.0)):
+def render_arc_for_row(row: dict, psfs, cfg: InjectionConfig, banks: dict, lens_offset_arcsec=(0.0, 0.0)):
     """The lensed arc of the row's pair, (3, H, W) nanomaggies per pixel, and its template id."""
     from dhs_gen.physics.injection import render_arc_bands
     from dhs_gen.physics.lensing import SIEShear
@@ -152,7 +152,7 @@ def arc_snr(arc: np.ndarray, invvar: np.ndarray) -> float:
     return float(np.sqrt(np.sum(arc.astype(np.float64) ** 2 * np.clip(invvar, 0, None))))
 
 
-def apply_artifacts(stamp: np.ndarray, profile: str, key: str, cfg: ExperimentConfig):
+def apply_artifacts(stamp: np.ndarray, profile: str, key: str, cfg: InjectionConfig):
     """The row's Gen8 artifact profile, keyed by pair so a pair shares its artifacts; returns (stamp, meta).
 
     No PSF step here (``psf_fwhm_pix=None``): anisotropy went into the arc's PSF
@@ -176,7 +176,7 @@ def rejected_row(row: dict, reason: str, git_sha: str) -> dict:
             "git_sha": git_sha, "pipeline_version": PIPELINE_VERSION}
 
 
-def render_row(row: dict, cutout, cfg: ExperimentConfig, banks: dict, git_sha: str,
+def render_row(row: dict, cutout, cfg: InjectionConfig, banks: dict, git_sha: str,
                arc_cache: dict | None = None) -> dict:
     """Manifest row + its host cutout -> stamp row (schema ``jobs.runtime.schema.STAMP_SCHEMA``).
 

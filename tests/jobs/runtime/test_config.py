@@ -5,7 +5,7 @@ import pickle
 import pytest
 
 from dhs_gen.errors import ConfigError
-from jobs.runtime.config import CONFIG_DIR, ExperimentConfig, load_config
+from jobs.runtime.config import CONFIG_DIR, InjectionConfig, load_config
 
 BANKS = {"source": {"cosmos_bank": "/data/cosmos.h5", "deep_bank": "/data/deep.npz"}}
 
@@ -13,7 +13,7 @@ BANKS = {"source": {"cosmos_bank": "/data/cosmos.h5", "deep_bank": "/data/deep.n
 @pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
 def test_every_preset_validates(preset):
     cfg = load_config(preset, BANKS)
-    assert isinstance(cfg, ExperimentConfig)
+    assert isinstance(cfg, InjectionConfig)
     assert cfg.config_hash() == load_config(preset, BANKS).config_hash()
 
 
