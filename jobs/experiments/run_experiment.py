@@ -74,7 +74,13 @@ def check_inputs(cfg: ExperimentConfig) -> None:
               "hard_negatives.hard_neg_path": cfg.hard_negatives.hard_neg_path if cfg.hard_negatives.enabled else None,
               "evaluation.anchor_set": None if cfg.evaluation.anchor_set in (None, "auto") else cfg.evaluation.anchor_set}
     for name, uri in needed.items():
-        if uri and not storage.exists(uri):
+        if not uri:
+            continue
+        try:
+            found = storage.exists(uri)
+        except OSError as err:   # an unreachable or forbidden bucket: say so in one line
+            raise ConfigError(name, uri, f"cannot be read ({err}): check the path, credentials and network") from None
+        if not found:
             raise ConfigError(name, uri, "no such file or dataset: build it first or fix the path")
 
 
