@@ -92,7 +92,7 @@ class SeedConfig:
     def __post_init__(self):
         for name in ("global_seed", "data_seed", "model_seed", "evaluation_seed"):
             _seed(f"seeds.{name}", getattr(self, name))
-        if getattr(self, "global_seed") is None:
+        if self.global_seed is None:
             raise ConfigError("seeds.global_seed", None, "an integer seed")
 
     def resolved(self, which: str) -> int:

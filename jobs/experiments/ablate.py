@@ -90,22 +90,21 @@ def ensure_sky(out: Path, scale: dict) -> tuple[str, str]:
     return str(sky_dir / "parent_sample.parquet"), str(sky_dir)
 
 
-def ensure_cosmos_bank(out: Path, scale: dict, shared: Path) -> str | None:
-    """A COSMOS bank per the scale's ``cosmos_bank`` (None, ``auto`` or a URI); None when there is none."""
-    spec = scale["cosmos_bank"]
-    if spec != "auto":
-        return spec
-    src = shared / "cosmos_hst"
-    if not src.is_dir():
-        _log(f"no real COSMOS data at {src}: cosmos variants use the suite's no_bank_overrides")
-        return None
-    bank = out / "banks" / "cosmos.h5"
-    if not bank.is_file():
-        from jobs.experiments.banks import cosmos_bank_main
+def ensure_banks(out: Path, scale: dict, shared: Path) -> dict:
+    """``{"cosmos": uri | None, "deep": uri | None}`` per the scale's ``cosmos_bank`` / ``deep_bank``: None,
+    ``auto`` (built once from the shared real data, None when it is absent) or a bank URI."""
+    from jobs.experiments.banks import REAL_BANK_SOURCES, build_real_bank
 
-        bank.parent.mkdir(parents=True, exist_ok=True)
-        cosmos_bank_main(["--galsim-path", str(src), "--output", str(bank), "--n-sources", "100"])
-    return str(bank)
+    banks = {}
+    for kind, suffix in (("cosmos", "h5"), ("deep", "npz")):
+        spec = scale[f"{kind}_bank"]
+        if spec != "auto":
+            banks[kind] = spec
+            continue
+        banks[kind] = build_real_bank(kind, shared, out / "banks" / f"{kind}.{suffix}")
+        if banks[kind] is None:
+            _log(f"no real data at {shared / REAL_BANK_SOURCES[kind]}: {kind} variants use the suite's no_bank_overrides")
+    return banks
 
 
 def ensure_anchors(out: Path, shared: Path) -> str | None:
@@ -250,7 +249,7 @@ def run_suite(suite: Suite, scale_name: str, out: str, spark=None, shared: Path 
     re_evaluate : bool
         Re-run ``dhs evaluate`` even where its output is recorded.
     """
-    from jobs.experiments import ablate_report
+    from jobs.experiments import ablate_report, uber_weights
     from jobs.runtime.config import shared_data_dir
 
     t0 = time.perf_counter()
@@ -260,10 +259,11 @@ def run_suite(suite: Suite, scale_name: str, out: str, spark=None, shared: Path 
     root.mkdir(parents=True, exist_ok=True)
     mix, mix_note = {}, ""
     if any(v.mix_weights for v in suite.variants):
-        mix, mix_note = ablate_report.uber_mix_overrides(suite.weights_from, root)
+        before = uber_weights.uber_from_ablations(suite.weights_from, root, require=True)
+        mix, mix_note = uber_weights.mix_overrides(before), uber_weights.summary(before)
     # Resolve and check every config before any work starts (a bad suite fails here).
-    bank = ensure_cosmos_bank(root, scale, shared)
-    resolved = {v.name: resolve_variant(suite, v, scale, bank, mix) for v in suite.variants}
+    banks = ensure_banks(root, scale, shared)
+    resolved = {v.name: resolve_variant(suite, v, scale, banks, mix) for v in suite.variants}
     check_comparable({n: r[0] for n, r in resolved.items()})
     parent, coadds = ensure_sky(root, scale)
     anchors = ensure_anchors(root, shared)
@@ -294,13 +294,19 @@ def run_suite(suite: Suite, scale_name: str, out: str, spark=None, shared: Path 
     notes = {v: resolved[v][2] for v in resolved if resolved[v][2]}
     if mix_note:
         notes["uber_weights"] = mix_note
-    if bank and scale["cosmos_bank"] == "auto":
-        n = storage.read_json(bank + ".manifest.json").get("extra", {}).get("n_written")
-        notes["cosmos_bank"] = f"{n} real HST COSMOS galaxies, bank built by dhs cosmos-bank from {shared / 'cosmos_hst'}"
+    for kind, bank in banks.items():
+        if bank and scale[f"{kind}_bank"] == "auto":
+            n = storage.read_json(bank + ".manifest.json").get("extra", {}).get("n_written")
+            notes[f"{kind}_bank"] = f"{n} real galaxies, bank built by dhs {kind}-bank from the shared data"
     comparison = ablate_report.build_comparison(suite, root, anchors is not None, scale["n_boot"], notes,
                                                 {"scale": scale_name, "parent": parent, "coadds": coadds,
-                                                 "anchors": anchors, "seconds": round(time.perf_counter() - t0, 1)})
+                                                 "anchors": anchors, "banks": banks,
+                                                 "seconds": round(time.perf_counter() - t0, 1)})
     ablate_report.write_outputs(comparison, root)
+    if suite.weights_from:   # after the comparison: a suite may weigh by its own arms ("self")
+        result = uber_weights.uber_from_ablations(suite.weights_from, root)
+        _log(f"uber weights: {uber_weights.summary(result)} -> "
+             f"{uber_weights.write_uber_preset(result, root, suite.name)}")
     _log(f"done in {time.perf_counter() - t0:.0f} s: {root / 'comparison.html'}")
     return comparison
 

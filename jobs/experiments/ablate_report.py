@@ -12,12 +12,8 @@ test split and on the anchors, each variant's ``eval/metrics.json``) and compute
   both models' scores on the same rows (joined on ``task_id`` / ``anchor_id``) are resampled
   together, so the row-to-row variance they share cancels.
 
-Uber weights (:func:`uber_weights`), the rule: a mixture component (a source mode or artifact
-profile) gets weight proportional to ``max(m - chance, floor)``, where ``m`` is the metric of the
-ablation variant that stands for it (default: anchor AUROC when every component has one, else the
-variant's mean synthetic AUC over all test sets of its suite), ``chance = 0.5`` (the AUC of a coin)
-and ``floor = 0.01`` (every component stays in the mix). Skill above chance, not the raw AUC, so a
-component no better than random gets (almost) nothing.
+Each variant's anchor AUROC carries a 95 % bootstrap CI (``metrics.<v>.anchor.auroc_ci95``): the
+evidence :mod:`jobs.experiments.uber_weights` weighs the Uber mixture by.
 """
 
 from __future__ import annotations
@@ -34,11 +30,16 @@ import pandas as pd
 
 from dhs_gen.errors import ConfigError
 from dhs_gen.json_values import finite_float
-from dhs_gen.metrics import paired_bootstrap_delta, roc_auc, tpr_at_fpr, tpr_at_n_false_positives
+from dhs_gen.metrics import (
+    bootstrap_ci,
+    paired_bootstrap_delta,
+    roc_auc,
+    tpr_at_fpr,
+    tpr_at_n_false_positives,
+)
 from dhs_gen.utils import hash_uint64
 
 ANCHORS = "anchors"
-ARTIFACT_ORDER = ("none", "mild", "strong")  # the order of InjectionConfig.artifact_mix
 
 
 def _frac_above(s: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
@@ -135,6 +136,12 @@ def build_comparison(suite, root: Path, has_anchors: bool, n_boot: int, notes: d
     scores = {(m, t): read_scores(root / m / "scores" / t) for m in names for t in names}
     anchor_scores = {m: read_scores(root / m / "anchor_scores", anchors=True) for m in names} if has_anchors else {}
     metrics = {v: summarize_metrics(json.loads((root / v / "eval" / "metrics.json").read_text())) for v in names}
+    for v in anchor_scores:   # the CI of each arm's real-data AUROC: the evidence Uber weights are judged by
+        a = anchor_scores[v]
+        ci = bootstrap_ci(roc_auc, a["score"].to_numpy(float), a["label"].to_numpy(int), n_boot=n_boot,
+                          seed=hash_uint64(f"{suite.seed}|{v}|{ANCHORS}|auroc", "ablate"))
+        metrics[v]["anchor"]["auroc_ci95"] = ([finite_float(ci.lo), finite_float(ci.hi)]
+                                              if finite_float(ci.lo) is not None else None)
     columns = names + ([ANCHORS] if has_anchors else [])
     auc = [[finite_float(roc_auc(scores[(m, t)]["score"], scores[(m, t)]["label"])) for t in names]
            + ([finite_float(roc_auc(anchor_scores[m]["score"], anchor_scores[m]["label"]))] if has_anchors else [])
@@ -154,75 +161,6 @@ def build_comparison(suite, root: Path, has_anchors: bool, n_boot: int, notes: d
             "matrix": {"metric": "auc", "rows": "model (trained on variant)", "models": names, "test_sets": columns,
                        "auc": auc, "test_rows": {t: int(len(scores[(base, t)])) for t in names}},
             "deltas": deltas, "n_boot": n_boot, "provenance": provenance}
-
-
-# --------------------------------------------------------------------------- uber weights
-
-
-def component_metric(comparison: dict, variant: str, metric: str) -> float | None:
-    """``anchor_auroc`` (real anchors), ``auc`` (own test set) or ``mean_auc`` (mean over all test sets)."""
-    if metric == "anchor_auroc":
-        return finite_float((comparison["metrics"][variant].get("anchor") or {}).get("auroc_anchor"))
-    if metric == "auc":
-        return finite_float(comparison["metrics"][variant].get("auc"))
-    if metric == "mean_auc":
-        mx = comparison["matrix"]
-        row = mx["auc"][mx["models"].index(variant)]
-        vals = [v for t, v in zip(mx["test_sets"], row, strict=True) if t != ANCHORS and v is not None]
-        return float(np.mean(vals)) if vals else None
-    raise ConfigError("weights_from.metric", metric, "one of ['anchor_auroc', 'auc', 'mean_auc']")
-
-
-def uber_weights(comparison: dict, components: dict, metric: str = "anchor_auroc", chance: float = 0.5,
-                 floor: float = 0.01) -> tuple[dict, str]:
-    """Mixture weights ``{component: w}`` (sum 1) from an ablation's results, and the metric used.
-
-    ``w ∝ max(m - chance, floor)`` with ``m`` the metric of the variant standing for each component
-    (``components``: ``{component: variant}``). When ``metric`` is missing for a variant (no
-    anchor set), ``mean_auc`` is used for all of them, and the returned metric name says so.
-    """
-    for comp, variant in components.items():
-        if variant not in comparison.get("variants", []):
-            raise ConfigError(f"weights_from.components.{comp}", variant, f"a variant of {comparison.get('variants')}")
-    values = {c: component_metric(comparison, v, metric) for c, v in components.items()}
-    if any(v is None for v in values.values()) and metric != "mean_auc":
-        metric = "mean_auc"
-        values = {c: component_metric(comparison, v, metric) for c, v in components.items()}
-    if any(v is None for v in values.values()):
-        raise ConfigError("weights_from", values, "a metric value for every component")
-    raw = {c: max(v - chance, floor) for c, v in values.items()}
-    total = sum(raw.values())
-    return {c: round(r / total, 6) for c, r in raw.items()}, metric
-
-
-def uber_mix_overrides(weights_from: dict, root: Path) -> tuple[dict, str]:
-    """Experiment overrides (source mix, artifact mix) from earlier suites' comparison.json, and a note.
-
-    ``weights_from``: ``{source: {comparison, components, metric}, artifact: {...}, chance, floor}``;
-    a relative ``comparison`` path is taken from the parent of this suite's output folder.
-    """
-    overrides, notes = {}, []
-    chance, floor = float(weights_from.get("chance", 0.5)), float(weights_from.get("floor", 0.01))
-    for part in ("source", "artifact"):
-        spec = weights_from.get(part)
-        if not spec:
-            continue
-        path = Path(spec["comparison"])
-        path = path if path.is_absolute() else Path(root).resolve().parent / path
-        if not path.is_file():
-            raise ConfigError(f"weights_from.{part}.comparison", str(path),
-                              "an existing comparison.json: run that ablation suite first (seed: ablate, then mix)")
-        comp = json.loads(path.read_text())
-        w, used = uber_weights(comp, dict(spec["components"]), spec.get("metric", "anchor_auroc"), chance, floor)
-        if part == "source":
-            overrides["source"] = {"mode": "mix", "mix_modes": list(w), "mix_probs": list(w.values())}
-        else:
-            unknown = set(w) - set(ARTIFACT_ORDER)
-            if unknown:
-                raise ConfigError("weights_from.artifact.components", sorted(unknown), f"among {ARTIFACT_ORDER}")
-            overrides.update(artifact_profile="mix", artifact_mix=[w.get(a, 0.0) for a in ARTIFACT_ORDER])
-        notes.append(f"{part} weights {w} from {path} ({used}; w ∝ max(m - {chance}, {floor}))")
-    return overrides, "; ".join(notes)
 
 
 # --------------------------------------------------------------------------- outputs

@@ -18,8 +18,8 @@ from dhs_gen.errors import ConfigError
 from jobs.runtime.config import (
     CONFIG_DIR,
     InjectionConfig,
-    deep_merge,
     config_from_dict,
+    deep_merge,
     find_yaml,
     read_config_dict,
 )
@@ -36,7 +36,7 @@ class Variant:
     """One arm of a suite: a preset (``configs/<preset>.yaml``) plus experiment and training overrides.
 
     ``mix_weights`` (uber only): the source and artifact mixture weights come from earlier
-    suites' results (:func:`jobs.experiments.ablate_report.uber_weights`).
+    suites' results (:mod:`jobs.experiments.uber_weights`: weighted, or the seed's defaults as a stated fallback).
     """
 
     name: str
@@ -105,15 +105,15 @@ def load_suite(path_or_name: str) -> Suite:
 
 
 SCALE_DEFAULTS = {"n_bricks": 4, "n_lrg": 30, "size_pix": 1200, "sky_seed": 0, "parent": None, "coadds": None,
-                  "epochs": 3, "partitions": 4, "n_boot": 200, "master": "local[2]", "cosmos_bank": None,
+                  "epochs": 3, "partitions": 4, "n_boot": 200, "master": "local[2]", "cosmos_bank": None, "deep_bank": None,
                   "overrides": {}, "train": {}, "docs": None}
 
 
 def scale_settings(suite: Suite, scale: str) -> dict:
     """Settings of one scale: sky size (or ``parent``/``coadds`` URIs), epochs, partitions, n_boot, ...
 
-    ``cosmos_bank``: None (use ``no_bank_overrides``), ``auto`` (build one with ``dhs cosmos-bank``
-    from the shared real data when present) or a bank path/URI.
+    ``cosmos_bank`` / ``deep_bank``: None (use ``no_bank_overrides``), ``auto`` (build one with ``dhs
+    cosmos-bank`` / ``dhs deep-bank`` from the shared real data when present) or a bank path/URI.
     """
     if scale not in suite.scales:
         raise ConfigError("--scale", scale, f"one of the suite's scales {sorted(suite.scales)}")
@@ -131,18 +131,20 @@ def scale_settings(suite: Suite, scale: str) -> dict:
     return s
 
 
-def uses_cosmos(cfg_dict: dict) -> bool:
+def uses_mode(cfg_dict: dict, mode: str) -> bool:
+    """Whether the (merged, unvalidated) config draws sources of ``mode``."""
     src = cfg_dict.get("source") or {}
-    mode = src.get("mode", "sersic")
-    return mode == "cosmos" or (mode == "mix" and "cosmos" in (src.get("mix_modes") or ()))
+    own = src.get("mode", "sersic")
+    return own == mode or (own == "mix" and mode in (src.get("mix_modes") or ()))
 
 
-def resolve_variant(suite: Suite, variant: Variant, scale: dict, bank: str | None,
+def resolve_variant(suite: Suite, variant: Variant, scale: dict, banks: dict | None,
                     mix_overrides: dict | None = None):
     """(InjectionConfig, TrainConfig, source note) of one variant: preset <- common <- scale <- variant.
 
-    The suite seed replaces the preset's experiment and training seeds; a cosmos variant gets
-    the bank, or, without one, the suite's ``no_bank_overrides`` (said in the note).
+    The suite seed replaces the preset's experiment and training seeds; a variant drawing cosmos or
+    deep sources gets that bank (``banks``: ``{"cosmos": uri, "deep": uri}``), or, without one, the
+    suite's ``no_bank_overrides`` (said in the note).
     """
     from jobs.training.train import load_train_config
 
@@ -151,20 +153,23 @@ def resolve_variant(suite: Suite, variant: Variant, scale: dict, bank: str | Non
     merged = deep_merge(merged, variant.overrides)
     if variant.mix_weights:
         merged = deep_merge(merged, mix_overrides or {})
-    note = ""
-    if uses_cosmos(merged):
+    notes = []
+    for kind in ("cosmos", "deep"):
+        if not uses_mode(merged, kind):
+            continue
+        bank = (banks or {}).get(kind) or (merged.get("source") or {}).get(f"{kind}_bank")
         if bank:
-            merged = deep_merge(merged, {"source": {"cosmos_bank": bank}})
-            note = f"cosmos sources from bank {bank}"
+            merged = deep_merge(merged, {"source": {f"{kind}_bank": bank}})
+            notes.append(f"{kind} sources from bank {bank}")
         else:
             merged = deep_merge(merged, suite.no_bank_overrides)
-            note = f"no COSMOS bank: cosmos replaced by overrides {suite.no_bank_overrides}"
+            notes.append(f"no {kind} bank: replaced by overrides {suite.no_bank_overrides}")
     merged["seed"] = suite.seed
     merged.pop("extends", None)
     train_over = {**DEMO_TRAIN, "epochs": scale["epochs"], **scale["train"], **variant.train_overrides,
                   "seed": suite.seed}
     cfg = config_from_dict(merged)
-    return cfg, load_train_config(variant.preset, train_over), note
+    return cfg, load_train_config(variant.preset, train_over), "; ".join(notes)
 
 
 def check_comparable(cfgs: dict[str, InjectionConfig]) -> None:

@@ -124,3 +124,23 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+#: The real-data folder each bank kind is built from, under ``$DHS_SHARED_DATA``.
+REAL_BANK_SOURCES = {"cosmos": "cosmos_hst", "deep": "hsc"}
+
+
+def build_real_bank(kind: str, shared: Path, output: Path, n_sources: int = 100) -> str | None:
+    """A small bank of ``kind`` (``cosmos`` | ``deep``) from the shared real data, once; None when that data
+    is absent. COSMOS templates keep 4x finer sampling than the survey pixel: lensing magnifies source detail."""
+    src = Path(shared) / REAL_BANK_SOURCES[kind]
+    if not src.is_dir():
+        return None
+    if not output.is_file():
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "cosmos":
+            cosmos_bank_main(["--galsim-path", str(src), "--output", str(output), "--n-sources", str(n_sources),
+                              "--stamp-size", "96", "--target-pixscale", "0.0655", "--seed", "0"])
+        else:
+            deep_bank_main(["--fits-dir", str(src), "--output", str(output), "--n-sources", str(n_sources)])
+    return str(output)

@@ -157,18 +157,14 @@ def build_banks(out: Path, shared: Path) -> dict:
     Returns {} with a clear message when the real data folder is absent: the demo then mixes
     only the procedural sources (sersic, hybrid).
     """
-    cosmos_dir, hsc_dir = shared / "cosmos_hst", shared / "hsc"
-    if not (cosmos_dir.is_dir() and hsc_dir.is_dir()):
+    from jobs.experiments.banks import REAL_BANK_SOURCES, build_real_bank
+
+    if not all((shared / folder).is_dir() for folder in REAL_BANK_SOURCES.values()):
         print(f"banks: no real data at {shared} (set DHS_SHARED_DATA); demo uses sersic + hybrid sources only",
               file=sys.stderr)
         return {}
-    from jobs.experiments.banks import cosmos_bank_main, deep_bank_main
-
-    cosmos, deep = out / "banks" / "cosmos_bank.h5", out / "banks" / "deep_bank.npz"
-    # COSMOS templates keep 4x finer sampling than the survey pixel: lensing magnifies source detail
-    cosmos_bank_main(["--galsim-path", str(cosmos_dir), "--output", str(cosmos), "--n-sources", "100",
-                      "--stamp-size", "96", "--target-pixscale", "0.0655", "--seed", "0"])
-    deep_bank_main(["--fits-dir", str(hsc_dir), "--output", str(deep), "--n-sources", "100"])
+    cosmos = build_real_bank("cosmos", shared, out / "banks" / "cosmos_bank.h5")
+    deep = build_real_bank("deep", shared, out / "banks" / "deep_bank.npz")
     return {"source": {"mix_modes": ["sersic", "hybrid", "cosmos", "deep"], "mix_probs": [0.25, 0.25, 0.25, 0.25],
                        "cosmos_bank": str(cosmos), "deep_bank": str(deep)}}
 

@@ -142,7 +142,7 @@ def run(cfg: ExperimentConfig, until: str = "eval", overwrite: bool = False, par
     try:
         manifest_uri, stamps_uri = cfg.stage_uri("manifest"), cfg.stage_uri("stamps")
         model_dir, ckpt = storage.join(out, "model"), storage.join(out, "model", "best.pt")
-        for i, step in enumerate(STEPS[:last + 1]):
+        for step in STEPS[:last + 1]:
             if state.done(step):
                 _log(f"{step}: done earlier, skipped")
                 continue

@@ -153,6 +153,8 @@ class InjectionConfig:
     split_fractions: tuple = (0.7, 0.15, 0.15)               # train, val, test, by brick
     max_hosts: int | None = None
     train: dict = field(default_factory=dict)                # training options, validated by jobs.training.train.TrainConfig
+    # a record kept in every manifest and read by no stage: e.g. where uber_from_ablations.yaml's weights came from
+    notes: dict = field(default_factory=dict)
     source: SourceConfig = field(default_factory=SourceConfig)
     lens: LensConfig = field(default_factory=LensConfig)
 
@@ -203,6 +205,8 @@ class InjectionConfig:
         object.__setattr__(self, "split_fractions", fr)
         if not isinstance(self.train, dict):
             raise ConfigError("train", self.train, "a mapping of training options")
+        if not isinstance(self.notes, dict):
+            raise ConfigError("notes", self.notes, "a mapping (a record; no stage reads it)")
         if self.max_hosts is not None:
             check_config_range("max_hosts", self.max_hosts, 1, 1e12)
 

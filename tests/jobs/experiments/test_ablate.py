@@ -20,13 +20,7 @@ from sklearn.metrics import roc_auc_score
 from dhs_gen.errors import ConfigError
 from jobs.experiments import ablate, ablate_report
 from jobs.experiments.ablate import VariantState, write_test_split
-from jobs.experiments.ablate_report import (
-    build_comparison,
-    delta_block,
-    uber_mix_overrides,
-    uber_weights,
-    write_outputs,
-)
+from jobs.experiments.ablate_report import build_comparison, delta_block, write_outputs
 from jobs.experiments.ablate_suite import check_comparable, load_suite, resolve_variant, scale_settings
 from jobs.runtime import outputs
 
@@ -42,9 +36,9 @@ def write_suite(path, variants: dict, baseline: str, scales=None, **extra) -> st
     return str(path)
 
 
-def resolved(suite, scale="demo", bank=None, mix=None):
+def resolved(suite, scale="demo", banks=None, mix=None):
     s = scale_settings(suite, scale)
-    return {v.name: resolve_variant(suite, v, s, bank, mix) for v in suite.variants}
+    return {v.name: resolve_variant(suite, v, s, banks, mix) for v in suite.variants}
 
 
 # --------------------------------------------------------------------------- suites
@@ -76,14 +70,29 @@ def test_gen5prime_suite_components_and_cosmos_fallback():
     assert arms == {"gen5": (False, False, 0.0, "hybrid"), "paired": (True, False, 0.0, "hybrid"),
                     "hardneg": (False, True, 0.0, "hybrid"), "core_dropout": (False, False, 0.5, "hybrid"),
                     "gen5prime": (True, True, 0.5, "hybrid")}
-    assert all("no COSMOS bank" in note for _, _, note in r.values())  # said, not silent
-    with_bank = resolved(suite, bank="/banks/cosmos.h5")
+    assert all("no cosmos bank" in note for _, _, note in r.values())  # said, not silent
+    with_bank = resolved(suite, banks={"cosmos": "/banks/cosmos.h5"})
     assert {c.source.mode for c, _, _ in with_bank.values()} == {"cosmos"}
     assert {c.source.cosmos_bank for c, _, _ in with_bank.values()} == {"/banks/cosmos.h5"}
 
 
+def test_gen6_suite_changes_only_the_source_mode():
+    suite = load_suite("gen6")
+    banks = {"cosmos": "/banks/cosmos.h5", "deep": "/banks/deep.npz"}
+    r = resolved(suite, banks=banks)
+    assert {n: c.source.mode for n, (c, _, _) in r.items()} == {"hybrid": "hybrid", "sersic": "hybrid", "cosmos": "cosmos",
+                                                                "deep": "deep"}
+    assert (r["cosmos"][0].source.cosmos_bank, r["deep"][0].source.deep_bank) == (banks["cosmos"], banks["deep"])
+    assert not r["sersic"][0].source.hybrid_clumps and r["hybrid"][0].source.hybrid_clumps   # gen7a vs gen7c
+    check_comparable({n: c for n, (c, _, _) in r.items()})
+    same = {(c.psf_model, c.paired_controls, c.hardneg_shuffle, c.artifact_profile, c.lens) for c, _, _ in r.values()}
+    assert len(same) == 1
+    no_data = resolved(suite)   # no banks: the bank arms say they fell back to hybrid sources
+    assert "no deep bank" in no_data["deep"][2] and no_data["deep"][0].source.mode == "hybrid"
+
+
 def test_full_scale_documented_in_every_suite():
-    for name in ("gen7", "gen8", "gen5prime", "uber"):
+    for name in ("gen6", "gen7", "gen8", "gen5prime", "uber"):
         full = scale_settings(load_suite(name), "full")
         assert full["parent"].startswith("s3://") and full["coadds"].startswith("s3://")
         assert full["train"]["device"] == "cuda" and full["master"] is None
@@ -156,49 +165,6 @@ def test_paired_rows_refuse_label_mismatch():
     b.loc[0, "label"] = 0
     with pytest.raises(ConfigError, match="labels"):
         ablate_report.paired_rows(a, b)
-
-
-# --------------------------------------------------------------------------- uber weights
-
-
-def fake_comparison(anchor: dict, mean_auc: dict) -> dict:
-    names = list(mean_auc)
-    return {"variants": names, "metrics": {v: {"auc": mean_auc[v], "anchor": {"auroc_anchor": anchor.get(v)}}
-                                           for v in names},
-            "matrix": {"models": names, "test_sets": names + ["anchors"],
-                       "auc": [[mean_auc[v]] * len(names) + [anchor.get(v)] for v in names]}}
-
-
-def test_uber_weights_rule():
-    comp = fake_comparison({"a": 0.9, "b": 0.7, "c": 0.3}, {"a": 0.8, "b": 0.8, "c": 0.8})
-    w, used = uber_weights(comp, {"none": "a", "mild": "b", "strong": "c"})
-    # skill above chance: 0.4, 0.2, floor 0.01 -> divided by 0.61
-    assert used == "anchor_auroc"
-    assert w == pytest.approx({"none": 0.4 / 0.61, "mild": 0.2 / 0.61, "strong": 0.01 / 0.61}, abs=1e-6)
-    no_anchor = fake_comparison({}, {"a": 0.95, "b": 0.75, "c": 0.8})
-    w, used = uber_weights(no_anchor, {"sersic": "a", "hybrid": "b"})
-    assert used == "mean_auc" and w == pytest.approx({"sersic": 0.45 / 0.70, "hybrid": 0.25 / 0.70}, abs=1e-6)
-    with pytest.raises(ConfigError, match="components.x"):
-        uber_weights(comp, {"x": "zzz"})
-
-
-def test_uber_suite_needs_the_ablations_first(tmp_path):
-    suite = load_suite("uber")
-    with pytest.raises(ConfigError, match="run that ablation suite first"):
-        uber_mix_overrides(suite.weights_from, tmp_path / "uber")
-    (tmp_path / "gen7").mkdir()
-    (tmp_path / "gen8").mkdir()
-    (tmp_path / "gen7" / "comparison.json").write_text(json.dumps(fake_comparison({"gen7a": 0.6, "gen7c": 0.8},
-                                                                                  {"gen7a": 0.7, "gen7c": 0.7})))
-    (tmp_path / "gen8" / "comparison.json").write_text(json.dumps(
-        fake_comparison({"gen8a": 0.7, "gen8b": 0.9, "gen8c": 0.7}, {"gen8a": 0.7, "gen8b": 0.7, "gen8c": 0.7})))
-    mix, note = uber_mix_overrides(suite.weights_from, tmp_path / "uber")
-    r = resolved(suite, mix=mix)
-    cfg = r["uber_ablation"][0]
-    assert cfg.source.mix_modes == ("sersic", "hybrid") and cfg.source.mix_probs == pytest.approx((0.25, 0.75))
-    assert cfg.artifact_mix == pytest.approx((0.25, 0.5, 0.25)) and "anchor_auroc" in note  # 0.2, 0.4, 0.2 / 0.8
-    assert r["uber_default"][0].artifact_mix == (0.15, 0.70, 0.15)  # the seed's default, untouched
-    check_comparable({n: c for n, (c, _, _) in r.items()})
 
 
 # --------------------------------------------------------------------------- files and bookkeeping
