@@ -345,15 +345,15 @@ def hardneg_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dhs hardneg", description="collect real hard negatives (seed 004 §7)")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("collect")
-    c.add_argument("--scores", nargs="*", default=[],
+    c.add_argument("--scores", "--model-scores", nargs="*", default=[],
                    help="model scores (`dhs score` output: ra, dec, score[, label]); rows without a position "
                    "are counted in the report (no_position), never used")
-    c.add_argument("--rings", nargs="*", default=[], help="catalog(s) (dhs catalogs read); class ring used "
+    c.add_argument("--rings", "--ring-catalog", nargs="*", default=[], help="catalog(s) (dhs catalogs read); class ring used "
                    "(a catalog without a class column is all rings)")
-    c.add_argument("--mergers", nargs="*", default=[], help="catalog(s); class merger used")
+    c.add_argument("--mergers", "--merger-catalog", nargs="*", default=[], help="catalog(s); class merger used")
     c.add_argument("--known-lenses", nargs="+", required=True,
                    help="catalog(s) of lenses and candidates (Parquet / CSV / FITS; ra, dec in any case)")
-    c.add_argument("--out", required=True, help="output directory")
+    c.add_argument("--out", "--output-dir", required=True, help="output directory")
     c.add_argument("--min-score", type=float, default=0.8)
     c.add_argument("--top-k", type=int, default=5000)
     c.add_argument("--exclusion-radius-arcsec", type=float, default=5.0)

@@ -257,12 +257,12 @@ def run_suite(suite: Suite, scale_name: str, out: str, spark=None, shared: Path 
     shared = Path(shared) if shared else shared_data_dir()
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    # Resolve and check every config before any work starts (a bad suite fails here).
+    banks = ensure_banks(root, scale, shared)
     mix, mix_note = {}, ""
     if any(v.mix_weights for v in suite.variants):
         before = uber_weights.uber_from_ablations(suite.weights_from, root, require=True)
-        mix, mix_note = uber_weights.mix_overrides(before), uber_weights.summary(before)
-    # Resolve and check every config before any work starts (a bad suite fails here).
-    banks = ensure_banks(root, scale, shared)
+        mix, mix_note = uber_weights.mix_overrides(before, banks), uber_weights.summary(before)
     resolved = {v.name: resolve_variant(suite, v, scale, banks, mix) for v in suite.variants}
     check_comparable({n: r[0] for n, r in resolved.items()})
     parent, coadds = ensure_sky(root, scale)
@@ -306,7 +306,7 @@ def run_suite(suite: Suite, scale_name: str, out: str, spark=None, shared: Path 
     if suite.weights_from:   # after the comparison: a suite may weigh by its own arms ("self")
         result = uber_weights.uber_from_ablations(suite.weights_from, root)
         _log(f"uber weights: {uber_weights.summary(result)} -> "
-             f"{uber_weights.write_uber_preset(result, root, suite.name)}")
+             f"{uber_weights.write_uber_preset(result, root, suite.name, banks)}")
     _log(f"done in {time.perf_counter() - t0:.0f} s: {root / 'comparison.html'}")
     return comparison
 

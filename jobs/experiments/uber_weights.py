@@ -122,7 +122,10 @@ def uber_from_ablations(weights_from: dict, root: Path, require: bool = False) -
            "parts": {}}
     for part in ("source", "artifact"):
         spec = weights_from.get(part)
-        if not spec:
+        if not spec:   # the preset still needs this part's weights: the seed's, said so
+            components = SOURCE_COMPONENTS if part == "source" else ARTIFACT_ORDER
+            out["parts"][part] = decide(part, None, {c: None for c in components}, "anchor_auroc", chance, floor,
+                                        f"weights_from names no {part} ablation") | {"comparison": None, "banks": {}}
             continue
         components = dict(spec["components"])
         allowed = SOURCE_COMPONENTS if part == "source" else ARTIFACT_ORDER
@@ -149,16 +152,26 @@ def uber_from_ablations(weights_from: dict, root: Path, require: bool = False) -
     return out
 
 
-def mix_overrides(result: dict) -> dict:
-    """Injection-config overrides (source and artifact mixtures, banks) of :func:`uber_from_ablations`."""
+def mix_overrides(result: dict, banks: dict | None = None) -> dict:
+    """Injection-config overrides (source and artifact mixtures, banks) of :func:`uber_from_ablations`.
+
+    A cosmos or deep component needs a bank: the one its ablation used, else ``banks`` (this suite's).
+    A component with weight but no bank is left out of the mix (renormalised) and recorded in the
+    source part's ``dropped_no_bank``, so the preset runs as written and says what it lacks.
+    """
     over: dict = {}
     src = result["parts"].get("source")
     if src:
+        known = {k: v for k, v in {**(banks or {}), **src["banks"]}.items() if v}
         w = {c: v for c, v in src["weights"].items() if v > 0}
-        over["source"] = {"mode": "mix", "mix_modes": list(w), "mix_probs": list(w.values())}
-        for mode in ("cosmos", "deep"):
-            if mode in w and src["banks"].get(mode):
-                over["source"][f"{mode}_bank"] = src["banks"][mode]
+        dropped = sorted(c for c in w if c in ("cosmos", "deep") and c not in known)
+        src["dropped_no_bank"] = dropped
+        w = {c: v for c, v in w.items() if c not in dropped}
+        if not w:
+            raise ConfigError("weights_from.source", src["weights"], "a weighted source mode with a bank")
+        total = sum(w.values())
+        over["source"] = {"mode": "mix", "mix_modes": list(w), "mix_probs": [round(v / total, 6) for v in w.values()]}
+        over["source"].update({f"{c}_bank": known[c] for c in w if c in known})
     art = result["parts"].get("artifact")
     if art:
         over.update(artifact_profile="mix", artifact_mix=[art["weights"].get(a, 0.0) for a in ARTIFACT_ORDER])
@@ -170,18 +183,17 @@ def summary(result: dict) -> str:
     return "; ".join(f"{part}: {p['decision']} {p['weights']} ({p['reason']})" for part, p in result["parts"].items())
 
 
-def write_uber_preset(result: dict, root: Path, suite_name: str) -> str:
+def write_uber_preset(result: dict, root: Path, suite_name: str, banks: dict | None = None) -> str:
     """``<root>/uber_from_ablations.yaml``: ``extends: uber`` + the mixtures, with the rule and evidence in
     ``notes``. Runs as ``dhs manifest --config <root>/uber_from_ablations.yaml``."""
-    over = mix_overrides(result)
+    over = mix_overrides(result, banks)
     preset = {"extends": "uber", "name": "uber_from_ablations", "generation": "uber",
               "description": f"Uber mixture weighted by the ablations (written by dhs ablate --suite {suite_name})",
               **over, "notes": json.loads(json.dumps(result, default=str))}
     lines = [f"# Uber preset from the ablations (dhs ablate --suite {suite_name}); {summary(result)}"]
-    src = over.get("source", {})
-    for mode in ("cosmos", "deep"):
-        if mode in src.get("mix_modes", []) and f"{mode}_bank" not in src:
-            lines.append(f"# {mode} sources are mixed: set source.{mode}_bank to a bank (dhs {mode}-bank) before running")
+    for mode in result["parts"].get("source", {}).get("dropped_no_bank", []):
+        lines.append(f"# {mode} has weight but no bank was known: left out of the mix; add it to source.mix_modes "
+                     f"with source.{mode}_bank (dhs {mode}-bank) to restore it")
     text = "\n".join(lines) + "\n" + yaml.safe_dump(preset, sort_keys=False, allow_unicode=True, width=110)
     uri = str(Path(root) / PRESET_FILE)
     storage.write_bytes(uri, text.encode())

@@ -123,6 +123,11 @@ def test_cli_collect(real, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["rows_out"] == pq.read_table(tmp_path / "hn" / "hard_neg_lookup.parquet").num_rows == 100
     assert json.loads((tmp_path / "hn" / "hard_neg_report.json").read_text())["rows_out"] == 100
+    # the seed's spelling of the same command (section 8, Stage 3) gives the same table
+    assert hardneg_main(["collect", "--ring-catalog", str(gz_path), "--merger-catalog", str(gz_path),
+                         "--known-lenses", str(lens_path), "--output-dir", str(tmp_path / "hn2"), "--top-k", "50"]) == 0
+    assert pq.read_table(tmp_path / "hn2" / "hard_neg_lookup.parquet").equals(
+        pq.read_table(tmp_path / "hn" / "hard_neg_lookup.parquet"))
 
 
 # ---- the seeds' workflow as written: real files, real commands, exactly as the user runs them ----

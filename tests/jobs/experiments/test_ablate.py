@@ -23,6 +23,7 @@ from jobs.experiments.ablate import VariantState, write_test_split
 from jobs.experiments.ablate_report import build_comparison, delta_block, write_outputs
 from jobs.experiments.ablate_suite import check_comparable, load_suite, resolve_variant, scale_settings
 from jobs.runtime import outputs
+from jobs.runtime.config import load_config
 
 TINY_SCALE = {"n_bricks": 4, "n_lrg": 5, "size_pix": 400, "epochs": 1, "partitions": 2, "n_boot": 20,
               "train": {"batch_size": 16, "model": {"width": 4}}}
@@ -251,10 +252,19 @@ def test_tiny_suite_end_to_end_and_rerun_is_bit_identical(spark, tmp_path, share
     """Two Gen8 arms on a tiny sky: layout, same test rows for both, matrix vs sklearn, then a re-run that
     skips every stage and reproduces comparison.json to the last digit, and a changed arm redone alone."""
     variants = {"a": {"preset": "gen8a"}, "b": {"preset": "gen8c"}}
-    path = write_suite(tmp_path / "tiny.yaml", variants, "a")
+    weights = {"artifact": {"comparison": "self", "components": {"none": "a", "strong": "b"}}}
+    path = write_suite(tmp_path / "tiny.yaml", variants, "a", weights_from=weights)
     out = tmp_path / "run"
     c1 = ablate.run_suite(load_suite(path), "tiny", str(out), spark=spark, shared=shared_data)
     assert c1["variants"] == ["a", "b"] and c1["matrix"]["test_sets"] == ["a", "b", "anchors"]
+    # the suite weighs the artifact mix by its own arms' anchor AUROC and CI, and says how
+    preset = load_config(str(out / "uber_from_ablations.yaml"))
+    part = preset.notes["parts"]["artifact"]
+    for arm, v in (("none", "a"), ("strong", "b")):
+        ci = c1["metrics"][v]["anchor"]["auroc_ci95"]
+        assert part["evidence"][arm]["ci95"] == ci and ci[0] <= c1["metrics"][v]["anchor"]["auroc_anchor"] <= ci[1]
+    assert part["decision"] in ("weighted", "fallback") and part["reason"]
+    assert preset.artifact_mix == pytest.approx([part["weights"].get(a, 0.0) for a in ("none", "mild", "strong")])
     ids = {v: set(pd.concat(pd.read_parquet(f, columns=["task_id"]) for f in
                             outputs.dataset_files(str(out / v / "test_stamps")))["task_id"]) for v in "ab"}
     assert ids["a"] == ids["b"] and ids["a"]  # same hosts, bricks, grid, replicates -> same test task ids

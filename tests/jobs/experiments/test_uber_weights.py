@@ -123,3 +123,21 @@ def test_a_suite_without_its_sibling_writes_the_fallback_for_that_part(tmp_path)
     art = result["parts"]["artifact"]
     assert art["decision"] == "fallback" and "not found" in art["reason"]
     assert art["weights"] == pytest.approx({"none": 0.15, "mild": 0.70, "strong": 0.15})
+
+
+def test_a_source_without_a_bank_is_left_out_and_said(tmp_path):
+    """A suite that weighs only artifacts, with no banks: the seed's source mix needs COSMOS and deep banks,
+    so those are left out (hybrid alone remains), the file says so, and the preset still loads."""
+    root = tmp_path / "gen8"
+    root.mkdir()
+    (root / "comparison.json").write_text(json.dumps(fake_comparison(
+        {"gen8a": 0.7, "gen8b": 0.9, "gen8c": 0.7}, {"gen8a": [0.6, 0.75], "gen8b": [0.85, 0.95], "gen8c": [0.6, 0.75]})))
+    weights_from = {"artifact": {"comparison": "self", "components": {"none": "gen8a", "mild": "gen8b", "strong": "gen8c"}}}
+    result = uber_from_ablations(weights_from, root)
+    assert result["parts"]["source"]["decision"] == "fallback" and "names no source" in result["parts"]["source"]["reason"]
+    text = open(write_uber_preset(result, root, "gen8")).read()
+    cfg = load_config(str(root / "uber_from_ablations.yaml"))
+    assert cfg.source.mix_modes == ("hybrid",) and cfg.notes["parts"]["source"]["dropped_no_bank"] == ["cosmos", "deep"]
+    assert "# cosmos has weight but no bank was known" in text
+    with_banks = mix_overrides(result, {"cosmos": "/b/c.h5", "deep": "/b/d.npz"})
+    assert with_banks["source"]["mix_modes"] == ["hybrid", "cosmos", "deep"]
