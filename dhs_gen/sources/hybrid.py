@@ -177,6 +177,7 @@ def generate_hybrid_source(
     clump_flux_frac_range: tuple[float, float] = (0.05, 0.25),
     gradient_strength: float = 0.2,
     normalize_sum: bool = True,
+    supersample: int = SUPERSAMPLE,
 ) -> dict[str, object]:
     """Generate a Gen7 hybrid source template (deterministic per ``key``).
 
@@ -204,6 +205,9 @@ def generate_hybrid_source(
     normalize_sum : bool
         If True every returned image sums to 1 (dimensionless template); else the smooth
         component of each band sums to 1 and clumps add their fractions on top.
+    supersample : int
+        Point samples per pixel per axis of the smooth component outside its core (see
+        :func:`sersic_templates`).
 
     Returns
     -------
@@ -235,7 +239,7 @@ def generate_hybrid_source(
         clump_img += c["flux_frac"] * gaussian_clump(H, W, c["x_pix"], c["y_pix"], c["sigma_pix"])
 
     re_band = {b: re_pix * math.exp(GRADIENT_SIGN[b] * gradient_strength / 2.0) for b in BANDS}
-    smooth = sersic_templates(H, W, [re_band[b] for b in BANDS], n_sersic, q, phi)
+    smooth = sersic_templates(H, W, [re_band[b] for b in BANDS], n_sersic, q, phi, supersample)
     bands = {}
     for b, smooth_b in zip(BANDS, smooth, strict=True):
         band = smooth_b + CLUMP_COLOUR[b] * clump_img
