@@ -163,7 +163,7 @@ class CoaddCacheCutouts:
 
         name = str(bricknames_for(ra, dec))
         if self._brick is None or self._brick.brickname != name:
-            self._brick = load_brick(self.root, name, BANDS)
+            self._brick = load_brick(self.root, name, BANDS, tiles=True)
         stamp = cut_stamp(self._brick, ra, dec, size_pix)
         if not stamp.ok:
             raise CutoutUnavailable(stamp.reject_reason or "coadd_reject", f"brick {name}")

@@ -63,7 +63,7 @@ def inject_rows(rows: Iterable[dict], cfg: InjectionConfig, coadd_root: str, git
         if row["brickname"] != brick_name:
             brick = None  # release the previous brick before loading the next
             brick_name = row["brickname"]
-            brick = load_brick(coadd_root, brick_name)
+            brick = load_brick(coadd_root, brick_name, tiles=True)
         try:
             cutout = cut_stamp(brick, row["ra"], row["dec"], cfg.stamp_size_pix)
             yield render_row(row, cutout, cfg, banks, git_sha, arc_cache)
