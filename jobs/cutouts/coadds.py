@@ -132,29 +132,51 @@ class HostStamp:
     pixscale_arcsec: float = PIXSCALE_DR10_ARCSEC
 
 
+#: A :class:`TileReader` decompresses its whole image once the rows it was asked for add up to this
+#: fraction of the image: astropy spends ~0.1 ms of bookkeeping per tile read by section, so a brick
+#: with many stamps is cheaper to decompress whole (about 0.3 of the rows costs what a whole read does).
+WHOLE_READ_AFTER_ROW_FRACTION = 0.25
+
+
 class TileReader:
     """One image of a (tile-compressed) FITS file, read by sections: a slice decompresses only the
     tiles it touches. Survey-scale 4c cuts ~10 stamps from a 3600x3600 brick: reading them this way
-    decompresses a few tile rows per stamp instead of every file whole.
+    decompresses a few tile rows per stamp instead of every file whole. A brick many stamps fall on
+    is decompressed whole once the requests reach :data:`WHOLE_READ_AFTER_ROW_FRACTION` of its rows.
 
     ``reader[y0:y1, x0:x1]`` and ``reader[iy, ix]`` give numpy values of ``dtype``; ``shape`` is the image's.
     """
 
-    def __init__(self, hdul, hdu, dtype):
+    def __init__(self, hdul, hdu, dtype, expected_rows: int = 0):
         self._hdul = hdul            # keeps the in-memory file the sections read from open
         self._section = hdu.section
         self.shape = tuple(int(n) for n in hdu.shape)
         self.dtype = np.dtype(dtype)
+        self._rows_read = int(expected_rows)   # rows the caller will ask for: a dense brick is read whole at once
+        self._whole: np.ndarray | None = None
+        if self._rows_read >= WHOLE_READ_AFTER_ROW_FRACTION * self.shape[0]:
+            self._read_whole()
+
+    def _read_whole(self) -> None:
+        self._whole = np.asarray(self._section[:, :]).astype(self.dtype, copy=False)
+        self._section = self._hdul = None   # the decompressed image is all that is needed now
 
     def __getitem__(self, key):
-        return np.asarray(self._section[key]).astype(self.dtype, copy=False)
+        if self._whole is None:
+            rows = key[0] if isinstance(key, tuple) else key
+            self._rows_read += len(range(*rows.indices(self.shape[0]))) if isinstance(rows, slice) else 1
+            if self._rows_read < WHOLE_READ_AFTER_ROW_FRACTION * self.shape[0]:
+                return np.asarray(self._section[key]).astype(self.dtype, copy=False)
+            self._read_whole()
+        return self._whole[key]
 
 
-def _read_fits_image(uri: str, dtype=None):
+def _read_fits_image(uri: str, dtype=None, expected_rows: int = 0):
     """(data, header) of the first HDU with image data; raises on any problem (caller classifies).
 
-    ``dtype`` given: ``data`` is a :class:`TileReader` of that dtype (pixels decompressed when sliced),
-    else the whole image as an array.
+    ``dtype`` given: ``data`` is a :class:`TileReader` of that dtype (pixels decompressed when sliced;
+    ``expected_rows``: how many rows the caller will slice, see :class:`TileReader`), else the whole
+    image as an array.
 
     Files that carry ``CHECKSUM`` / ``DATASUM`` (real DR10 files do) are verified on opening (the
     checksums cover the compressed bytes, so this needs no decompression): flipped bytes that still
@@ -177,7 +199,7 @@ def _read_fits_image(uri: str, dtype=None):
                         found = np.array(hdu.data), hdu.header.copy()
                     else:
                         _ = hdu.section[0, 0]   # the first tile: a corrupt stream fails here, as a whole read would
-                        found = TileReader(hdul, hdu, dtype), hdu.header.copy()
+                        found = TileReader(hdul, hdu, dtype, expected_rows), hdu.header.copy()
                     break
             if dtype is None or found is None:
                 hdul.close()
@@ -193,23 +215,25 @@ def _read_fits_image(uri: str, dtype=None):
     return found
 
 
-def _load(brick: CoaddBrick, key: str, uri: str, dtype=None):
+def _load(brick: CoaddBrick, key: str, uri: str, dtype=None, expected_rows: int = 0):
     """Read one file, recording a problem under ``key`` instead of raising; returns (data, header) or None."""
     if not storage.exists(uri):
         brick.problems.setdefault(key, f"missing file {uri.rsplit('/', 1)[-1]}")
         return None
     try:
-        return _read_fits_image(uri, dtype)
+        return _read_fits_image(uri, dtype, expected_rows)
     except Exception as err:  # noqa: BLE001 - any read failure is a property of the data, not a crash
         brick.problems.setdefault(key, f"corrupt FITS: {type(err).__name__}: {err}"[:300])
         return None
 
 
-def load_brick(coadd_root_uri: str, brickname: str, bands: str = DEFAULT_BANDS, tiles: bool = False) -> CoaddBrick:
+def load_brick(coadd_root_uri: str, brickname: str, bands: str = DEFAULT_BANDS, tiles: bool = False,
+               n_stamps: int = 0, stamp_size_pix: int = 64) -> CoaddBrick:
     """Read the image, invvar and psfsize of each band plus maskbits of one brick.
 
     ``tiles=True``: the maps are :class:`TileReader` objects that decompress only the tiles a stamp
-    touches (4c, with few stamps per brick); else whole arrays. The pixels are identical either way.
+    touches (4c, with few stamps per brick; ``n_stamps`` of ``stamp_size_pix`` expected: a brick with
+    many is decompressed whole at once); else whole arrays. The pixels are identical either way.
 
     Parameters
     ----------
@@ -235,7 +259,8 @@ def load_brick(coadd_root_uri: str, brickname: str, bands: str = DEFAULT_BANDS, 
     for b in bands:
         maps = {}
         for kind in FILE_KINDS:
-            got = _load(brick, b, coadd_file(coadd_root_uri, brickname, kind, b), np.float32 if tiles else None)
+            got = _load(brick, b, coadd_file(coadd_root_uri, brickname, kind, b), np.float32 if tiles else None,
+                        int(n_stamps) * (1 if kind == "psfsize" else int(stamp_size_pix)))
             if got is None:
                 break
             maps[kind] = got
@@ -254,7 +279,8 @@ def load_brick(coadd_root_uri: str, brickname: str, bands: str = DEFAULT_BANDS, 
                 brick.pixscale_arcsec = float(np.sqrt(abs(np.linalg.det(brick.wcs.pixel_scale_matrix))) * 3600.0)
             except Exception as err:  # noqa: BLE001
                 brick.problems[b] = f"corrupt FITS: bad WCS: {err}"[:300]
-    got = _load(brick, "maskbits", coadd_file(coadd_root_uri, brickname, "maskbits"), np.int32 if tiles else None)
+    got = _load(brick, "maskbits", coadd_file(coadd_root_uri, brickname, "maskbits"), np.int32 if tiles else None,
+                int(n_stamps) * int(stamp_size_pix))
     if got is not None:
         if brick.shape is not None and got[0].shape != brick.shape:
             brick.problems["maskbits"] = f"corrupt FITS: maskbits shape {got[0].shape} != {brick.shape}"

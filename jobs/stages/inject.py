@@ -19,6 +19,7 @@ from a brick renders bit-identically to the brick.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -58,17 +59,17 @@ def inject_rows(rows: Iterable[dict], cfg: InjectionConfig, coadd_root: str, git
 
     banks = open_banks(cfg)
     arc_cache: dict = {}
-    brick, brick_name = None, object()
-    for row in rows:
-        if row["brickname"] != brick_name:
-            brick = None  # release the previous brick before loading the next
-            brick_name = row["brickname"]
-            brick = load_brick(coadd_root, brick_name, tiles=True)
-        try:
-            cutout = cut_stamp(brick, row["ra"], row["dec"], cfg.stamp_size_pix)
-            yield render_row(row, cutout, cfg, banks, git_sha, arc_cache)
-        except Exception as err:  # noqa: BLE001 - a row must never take the partition down
-            yield rejected_row(row, f"error:{type(err).__name__}:{err}"[:200], git_sha)
+    for brick_name, brick_rows in itertools.groupby(rows, key=lambda r: r["brickname"]):
+        brick_rows = list(brick_rows)   # manifest rows only (no pixels): how many stamps decides how the brick is read
+        brick = load_brick(coadd_root, brick_name, tiles=True, n_stamps=len(brick_rows),
+                           stamp_size_pix=cfg.stamp_size_pix)
+        for row in brick_rows:
+            try:
+                cutout = cut_stamp(brick, row["ra"], row["dec"], cfg.stamp_size_pix)
+                yield render_row(row, cutout, cfg, banks, git_sha, arc_cache)
+            except Exception as err:  # noqa: BLE001 - a row must never take the partition down
+                yield rejected_row(row, f"error:{type(err).__name__}:{err}"[:200], git_sha)
+        brick = None  # released before the next brick is loaded
 
 
 #: Host columns joined onto manifest rows in 4c with --hosts: HOST_SCHEMA name -> joined name.
