@@ -259,8 +259,10 @@ def load_brick(coadd_root_uri: str, brickname: str, bands: str = DEFAULT_BANDS, 
     for b in bands:
         maps = {}
         for kind in FILE_KINDS:
+            # psfsize is read one pixel per stamp, but each section read costs a tile's bookkeeping and
+            # more: it follows the other maps (whole when the brick is dense)
             got = _load(brick, b, coadd_file(coadd_root_uri, brickname, kind, b), np.float32 if tiles else None,
-                        int(n_stamps) * (1 if kind == "psfsize" else int(stamp_size_pix)))
+                        int(n_stamps) * int(stamp_size_pix))
             if got is None:
                 break
             maps[kind] = got

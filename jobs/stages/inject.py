@@ -60,16 +60,20 @@ def inject_rows(rows: Iterable[dict], cfg: InjectionConfig, coadd_root: str, git
     banks = open_banks(cfg)
     arc_cache: dict = {}
     for brick_name, brick_rows in itertools.groupby(rows, key=lambda r: r["brickname"]):
-        brick_rows = list(brick_rows)   # manifest rows only (no pixels): how many stamps decides how the brick is read
-        brick = load_brick(coadd_root, brick_name, tiles=True, n_stamps=len(brick_rows),
-                           stamp_size_pix=cfg.stamp_size_pix)
+        brick_rows = list(brick_rows)   # manifest rows only (no pixels): how many hosts decides how the brick is read
+        hosts = {(r["ra"], r["dec"]) for r in brick_rows}
+        brick = load_brick(coadd_root, brick_name, tiles=True, n_stamps=len(hosts), stamp_size_pix=cfg.stamp_size_pix)
+        # every row of a host (grid, replicates, its control) shares one cut; render_row never writes into it
+        cutouts: dict = {}
         for row in brick_rows:
             try:
-                cutout = cut_stamp(brick, row["ra"], row["dec"], cfg.stamp_size_pix)
-                yield render_row(row, cutout, cfg, banks, git_sha, arc_cache)
+                key = (row["ra"], row["dec"])
+                if key not in cutouts:
+                    cutouts[key] = cut_stamp(brick, row["ra"], row["dec"], cfg.stamp_size_pix)
+                yield render_row(row, cutouts[key], cfg, banks, git_sha, arc_cache)
             except Exception as err:  # noqa: BLE001 - a row must never take the partition down
                 yield rejected_row(row, f"error:{type(err).__name__}:{err}"[:200], git_sha)
-        brick = None  # released before the next brick is loaded
+        brick = cutouts = None  # released before the next brick is loaded
 
 
 #: Host columns joined onto manifest rows in 4c with --hosts: HOST_SCHEMA name -> joined name.
@@ -218,9 +222,11 @@ def run(manifest_uri: str, coadds_uri: str | None, out_uri: str, partitions: int
         df = df.join(hosts, on="host_id", how="left").select(*MANIFEST_SCHEMA.names, *HOST_JOIN_COLUMNS.values())
         df = df.repartition(partitions, "host_id").sortWithinPartitions("split", "host_id", "task_id")
     else:
+        # Range partitions keep each brick in one task and balance the tasks' brick counts (hashing a
+        # few bricks into as many partitions leaves some empty and others double, and cores idle).
         # The split is a function of the brick, so sorting by split first keeps each brick's rows
         # together and lets a partition's output cut into row groups of one split each.
-        df = df.repartition(partitions, "brickname").sortWithinPartitions("split", "brickname", "task_id")
+        df = df.repartitionByRange(partitions, "brickname").sortWithinPartitions("split", "brickname", "task_id")
     run_id, reports = stage.run_partitions(df, lambda b: inject_batches(b, cfg, coadd_root, git_sha),
                                            out_uri, STAMP_SCHEMA)
     seconds = time.perf_counter() - t0
