@@ -152,9 +152,9 @@ class TileReader:
         self._section = hdu.section
         self.shape = tuple(int(n) for n in hdu.shape)
         self.dtype = np.dtype(dtype)
-        self._rows_read = int(expected_rows)   # rows the caller will ask for: a dense brick is read whole at once
+        self._rows_read = 0
         self._whole: np.ndarray | None = None
-        if self._rows_read >= WHOLE_READ_AFTER_ROW_FRACTION * self.shape[0]:
+        if expected_rows >= WHOLE_READ_AFTER_ROW_FRACTION * self.shape[0]:   # the caller's plan: a dense brick
             self._read_whole()
 
     def _read_whole(self) -> None:
