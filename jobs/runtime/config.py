@@ -27,8 +27,11 @@ from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
 from dhs_gen.errors import ConfigError, check_config_range
 from jobs.runtime import storage
 
-#: The repository checkout (or unpacked bundle) this code runs from: configs/ and git live here.
+#: The repository checkout this code runs from (configs/ and git live here); run from the EMR bundle
+#: (``dist/dhs_bundle.zip``), the folder holding the zip, whose ``configs/`` ``emr.package`` wrote beside it.
 REPO_ROOT = Path(__file__).resolve().parents[2]
+if REPO_ROOT.is_file():
+    REPO_ROOT = REPO_ROOT.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 
 

@@ -54,6 +54,27 @@ def test_entry_scripts_run_from_the_bundle(dist, tmp_path):
         assert out.returncode == 0 and "usage:" in out.stdout, (stage, out.stderr)
 
 
+def test_presets_suites_and_experiments_resolve_by_name_from_the_bundle(dist, tmp_path):
+    """Run from the zip, configs/ is the one beside it: presets, suites and experiments load by name."""
+    code = ("import sys, json; sys.path.insert(0, sys.argv[1]);"
+            "from jobs.runtime.config import CONFIG_DIR, load_config;"
+            "from jobs.experiments.ablate_suite import load_suite;"
+            "from jobs.experiment import ExperimentConfig;"
+            "e = ExperimentConfig.from_yaml('v6_real_hardneg');"
+            "print(json.dumps({'dir': str(CONFIG_DIR), 'gen7a': load_config('gen7a').to_dict(),"
+            " 'suite': [v.preset for v in load_suite('gen6').variants],"
+            " 'experiment': e.injection_config().to_dict()}))")
+    out = subprocess.run([sys.executable, "-I", "-c", code, str(dist / package.BUNDLE_NAME)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["dir"] == str(dist / "configs")
+    assert got["gen7a"] == load_config("gen7a").to_dict() and got["suite"] == ["gen7c", "gen7a", "gen5", "gen6"]
+    from jobs.experiment import ExperimentConfig
+
+    assert got["experiment"] == ExperimentConfig.from_yaml("v6_real_hardneg").injection_config().to_dict()
+
+
 def test_requirements_pins_equal_pyproject_and_the_installed_versions(dist):
     text = (REPO / "pyproject.toml").read_text()
     lines = [ln for ln in (dist / "requirements-emr.txt").read_text().splitlines() if ln and not ln.startswith("#")]
