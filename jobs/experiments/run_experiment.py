@@ -101,8 +101,9 @@ class RunState:
                      "steps": dict(old.get("steps", {})) if old and old.get("config_hash") == key else {}}
         self.save()
 
-    def done(self, step: str) -> bool:
-        return bool(self.data["steps"].get(step))
+    def done(self, step: str, marker: str) -> bool:
+        """Recorded as done and its output still there (a deleted output is redone)."""
+        return bool(self.data["steps"].get(step)) and storage.exists(marker)
 
     def mark(self, step: str, seconds: float) -> None:
         self.data["steps"][step] = {"seconds": round(seconds, 1)}
@@ -142,8 +143,11 @@ def run(cfg: ExperimentConfig, until: str = "eval", overwrite: bool = False, par
     try:
         manifest_uri, stamps_uri = cfg.stage_uri("manifest"), cfg.stage_uri("stamps")
         model_dir, ckpt = storage.join(out, "model"), storage.join(out, "model", "best.pt")
+        markers = {"manifest": storage.join(manifest_uri, "_manifest.json"), "stamps": storage.join(stamps_uri, "_manifest.json"),
+                   "model": ckpt, "scores": storage.join(out, "scores", "_manifest.json"),
+                   "eval": storage.join(out, "eval", "metrics.json")}
         for step in STEPS[:last + 1]:
-            if state.done(step):
+            if state.done(step, markers[step]):
                 _log(f"{step}: done earlier, skipped")
                 continue
             t0 = time.perf_counter()

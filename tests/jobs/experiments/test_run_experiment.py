@@ -73,6 +73,9 @@ def test_v6_real_hardneg_runs_end_to_end_and_reruns_nothing(spark, tiny_sky, sha
     mtime = os.path.getmtime(out / "model" / "best.pt")
     again = run_experiment.run(ExperimentConfig.from_yaml(str(out / "config.yaml")), spark=spark, partitions=2)
     assert again["steps"] == state["steps"] and os.path.getmtime(out / "model" / "best.pt") == mtime
+    (out / "eval" / "metrics.json").unlink()   # an output deleted by hand is redone, the rest kept
+    again = run_experiment.run(ExperimentConfig.from_yaml(str(out / "config.yaml")), spark=spark, partitions=2)
+    assert (out / "eval" / "metrics.json").is_file() and os.path.getmtime(out / "model" / "best.pt") == mtime
     other = ExperimentConfig.from_yaml(str(out / "config.yaml"), {"training": {"lr": 0.01}})
     with pytest.raises(ValueError, match="output_dir.*another config"):
         run_experiment.run(other, spark=spark, partitions=2)
