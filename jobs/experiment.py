@@ -76,7 +76,9 @@ def _choice(name: str, value, choices) -> None:
 
 
 def _seed(name: str, value) -> int | None:
-    return None if value is None else int(check_config_range(name, value, 0, 2**63 - 1))
+    if isinstance(value, bool):   # YAML true/false is not a seed, though it passes as 1/0
+        raise ConfigError(name, value, "an integer seed >= 0")
+    return None if value is None else int(check_config_range(name, value, 0, 2**63 - 1, integer=True))
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,12 @@ class SeedConfig:
     deterministic: bool = True           # torch deterministic algorithms (slower on GPU, identical reruns)
 
     def __post_init__(self):
-        for name in ("global_seed", "data_seed", "model_seed", "evaluation_seed"):
-            _seed(f"seeds.{name}", getattr(self, name))
         if self.global_seed is None:
             raise ConfigError("seeds.global_seed", None, "an integer seed")
+        for name in ("global_seed", "data_seed", "model_seed", "evaluation_seed"):
+            object.__setattr__(self, name, _seed(f"seeds.{name}", getattr(self, name)))
+        if not isinstance(self.deterministic, bool):
+            raise ConfigError("seeds.deterministic", self.deterministic, "true or false")
 
     def resolved(self, which: str) -> int:
         """``data``, ``model`` or ``evaluation`` seed, ``global_seed`` when unset."""
@@ -146,9 +150,19 @@ class DataVariantConfig:
         if self.theta_e_range is not None:
             if not isinstance(self.theta_e_range, list | tuple) or not self.theta_e_range:
                 raise ConfigError("data.theta_e_range", self.theta_e_range, "a non-empty list of Einstein radii, arcsec")
-            object.__setattr__(self, "theta_e_range", tuple(float(v) for v in self.theta_e_range))
+            object.__setattr__(self, "theta_e_range", tuple(
+                check_config_range(f"data.theta_e_range[{i}]", v, 0, 10, lo_open=True)
+                for i, v in enumerate(self.theta_e_range)))
         if not isinstance(self.overrides, dict):
             raise ConfigError("data.overrides", self.overrides, "a mapping of injection-config fields")
+        for key in ("name", "description", "seed"):   # set by the experiment itself: an override would be lost
+            if key in self.overrides:
+                raise ConfigError(f"data.overrides.{key}", self.overrides[key],
+                                  "set by the experiment (experiment_id, description, seeds.data_seed), not here")
+        try:   # plain YAML values only, so the config reads back equal from its YAML
+            object.__setattr__(self, "overrides", json.loads(json.dumps(self.overrides, allow_nan=False)))
+        except (TypeError, ValueError):
+            raise ConfigError("data.overrides", self.overrides, "plain YAML values (numbers, text, lists, mappings)") from None
 
     def injection_fields(self, data_seed: int) -> dict:
         """The injection-config fields this variant sets (nested like a preset YAML)."""
@@ -253,18 +267,22 @@ class ExperimentConfig:
 
     @property
     def preset(self) -> str:
-        """The generation preset the data variant builds on."""
-        return self.data.preset or self.generation
+        """The generation preset the data variant builds on: ``data.preset``, else the generation's."""
+        if self.data.preset:
+            return self.data.preset
+        if not (CONFIG_DIR / f"{self.generation}.yaml").is_file():
+            known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+            raise ConfigError("data.preset", None, f"generation {self.generation!r} is not a preset: name one of {known}")
+        return self.generation
 
     def injection_config(self) -> InjectionConfig:
         """The 4a/4c configuration of this experiment (what its manifests record)."""
         fields = self.data.injection_fields(self.seeds.resolved("data"))
-        clash = sorted(set(_flat(fields)) & set(_flat(self.data.overrides)) - {"seed"})
-        if clash:
-            raise ConfigError(f"data.overrides.{clash[0]}", _flat(self.data.overrides)[clash[0]],
-                              "set by a data-variant field (psf_model, moffat_beta, source_mode, ...): set it there")
-        if "seed" in self.data.overrides:
-            raise ConfigError("data.overrides.seed", self.data.overrides["seed"], "set it as seeds.data_seed")
+        over = _flat(self.data.overrides)
+        for key in sorted(over):   # the same field, or a part of one (lens: 5 against lens.theta_e_arcsec)
+            if any(key == f or f.startswith(key + ".") or key.startswith(f + ".") for f in _flat(fields)):
+                raise ConfigError(f"data.overrides.{key}", over[key], "set by a data-variant field (psf_model, "
+                                  "moffat_beta, source_mode, theta_e_range, control_type, ...): set it there")
         try:
             return load_config(self.preset, deep_merge(self.data.overrides, fields)
                                | {"name": self.experiment_id, "description": self.description or self.data.description})
@@ -386,7 +404,8 @@ def set_all_seeds(seeds: SeedConfig) -> None:
     """Seed python, numpy and torch (CPU and CUDA) with the model seed and make torch deterministic.
 
     ``seeds.deterministic`` turns on torch's deterministic algorithms (an op without one warns) and
-    cuDNN's deterministic mode; ``CUBLAS_WORKSPACE_CONFIG`` is set for deterministic CUDA matmuls.
+    cuDNN's deterministic mode (cuDNN autotuning stays off either way, torch's default);
+    ``CUBLAS_WORKSPACE_CONFIG`` is set for deterministic CUDA matmuls when CUDA has not started yet.
     The 4a/4c draws need no global seed: each is a hash of ``seeds.data_seed`` and the task.
     """
     import torch
@@ -398,6 +417,9 @@ def set_all_seeds(seeds: SeedConfig) -> None:
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # process-wide: it stays in force for whatever this process runs next (scoring, another experiment).
+    # warn_only: an op without a deterministic kernel warns instead of stopping a run; on a GPU such an op
+    # (named in the warning) is the one thing that can make two equal runs differ.
     torch.use_deterministic_algorithms(seeds.deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = seeds.deterministic
-    torch.backends.cudnn.benchmark = not seeds.deterministic
+    torch.backends.cudnn.benchmark = False

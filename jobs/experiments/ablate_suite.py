@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from dhs_gen.errors import ConfigError
+from jobs.experiments.uber_weights import check_weights_from
 from jobs.runtime.config import (
     CONFIG_DIR,
     InjectionConfig,
@@ -98,6 +99,8 @@ def load_suite(path_or_name: str) -> Suite:
         raise ConfigError("suite.seed", seed, "an integer >= 0")
     if any(v.mix_weights for v in variants) and not data.get("weights_from"):
         raise ConfigError("suite.weights_from", None, "required when a variant has mix_weights: true")
+    if data.get("weights_from") is not None:   # checked now, not after the arms have run
+        check_weights_from(data["weights_from"])
     return Suite(str(data.get("name") or path.stem), baseline, tuple(variants), _mapping("suite.scales",
                  data.get("scales")), seed, str(data.get("description", "")),
                  _mapping("common_overrides", data.get("common_overrides")),

@@ -14,8 +14,10 @@ run output_dir/config.yaml`` repeats it), ``reproducibility.txt`` (the header of
 ``manifest/`` (4a), ``stamps/`` (4c) unless the data variant names other places, ``model/`` (best.pt,
 train_config.json), ``test_stamps/``, ``scores/``, ``anchors/`` + ``anchor_scores/`` (real lenses and real
 non-lenses, when the anchor set is ``auto`` and ``$DHS_SHARED_DATA`` exists, or a given dataset), ``eval/``
-(metrics.json, report.html) and ``experiment_state.json`` (the steps done). A re-run of the same config
-skips the steps done; a different config in the same ``output_dir`` is refused unless ``--overwrite``.
+(metrics.json, report.html) and ``experiment_state.json`` (the steps done, each with the git commit, dirty flag
+and diff hash of the code that ran it). A re-run of the same config skips the steps done whose output is still
+there and redoes every step after the first it runs; a different config in the same ``output_dir`` is refused
+unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dhs_gen.errors import ConfigError
 from jobs.experiment import ExperimentConfig, set_all_seeds
 from jobs.runtime import storage
 from jobs.runtime.config import shared_data_dir
+from jobs.runtime.outputs import git_provenance
 
 STEPS = ("manifest", "stamps", "model", "scores", "eval")
 STATE_FILE = "experiment_state.json"
@@ -106,7 +109,10 @@ class RunState:
         return bool(self.data["steps"].get(step)) and storage.exists(marker)
 
     def mark(self, step: str, seconds: float) -> None:
-        self.data["steps"][step] = {"seconds": round(seconds, 1)}
+        """Record a finished step with the code it ran (a resumed run may run later steps from other code)."""
+        git = git_provenance()
+        self.data["steps"][step] = {"seconds": round(seconds, 1), "git_commit": git["commit"], "git_dirty": git["dirty"],
+                                    "git_diff_sha256": git["diff_sha256"]}
         self.save()
 
     def save(self) -> None:
@@ -146,10 +152,12 @@ def run(cfg: ExperimentConfig, until: str = "eval", overwrite: bool = False, par
         markers = {"manifest": storage.join(manifest_uri, "_manifest.json"), "stamps": storage.join(stamps_uri, "_manifest.json"),
                    "model": ckpt, "scores": storage.join(out, "scores", "_manifest.json"),
                    "eval": storage.join(out, "eval", "metrics.json")}
+        redo = False   # once a step runs, every later one runs too: it was built from the old output
         for step in STEPS[:last + 1]:
-            if state.done(step, markers[step]):
+            if not redo and state.done(step, markers[step]):
                 _log(f"{step}: done earlier, skipped")
                 continue
+            redo = True
             t0 = time.perf_counter()
             _log(f"{step} ...")
             if step == "manifest":
@@ -189,9 +197,12 @@ def _score(cfg: ExperimentConfig, ckpt: str, stamps_uri: str, spark, ensure_anch
     score.run(ckpt, test, storage.join(out, "scores"), batch_size=ev.score_batch_size, overwrite=True, spark=spark,
               device=ev.score_device)
     anchors = ensure_anchors(Path(out), shared_data_dir()) if ev.anchor_set == "auto" else ev.anchor_set
+    anchor_scores = storage.join(out, "anchor_scores")
     if anchors:
-        score.run(ckpt, anchors, storage.join(out, "anchor_scores"), batch_size=ev.score_batch_size, overwrite=True,
+        score.run(ckpt, anchors, anchor_scores, batch_size=ev.score_batch_size, overwrite=True,
                   spark=spark, device=ev.score_device)
+    else:   # scores of an earlier model must not be evaluated with this one
+        storage.delete_tree(anchor_scores)
 
 
 def _evaluate(cfg: ExperimentConfig, ckpt: str) -> None:

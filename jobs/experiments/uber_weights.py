@@ -24,36 +24,58 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from dhs_gen.errors import ConfigError
+from dhs_gen.errors import ConfigError, check_config_range
 from dhs_gen.json_values import finite_float
-from jobs.experiments.ablate_report import ANCHORS
 from jobs.runtime import storage
 from jobs.runtime.config import read_config_dict
 
 ARTIFACT_ORDER = ("none", "mild", "strong")   # the order of InjectionConfig.artifact_mix
 SOURCE_COMPONENTS = ("sersic", "hybrid", "cosmos", "deep")
 PRESET_FILE = "uber_from_ablations.yaml"
-METRICS = ("anchor_auroc", "auc", "mean_auc")
+#: Metrics an arm can be weighed by; each comes with a 95 % CI, which the separation test needs.
+METRICS = ("anchor_auroc", "auc")
 
 
 def component_metric(comparison: dict, variant: str, metric: str) -> tuple[float | None, list | None]:
-    """(value, 95 % CI or None) of ``anchor_auroc`` (real anchors), ``auc`` (own test set) or ``mean_auc``
-    (mean over every test set of the suite; no CI)."""
+    """(value, 95 % CI or None) of ``anchor_auroc`` (real anchors) or ``auc`` (the arm's own synthetic test set)."""
     m = comparison["metrics"][variant]
     if metric == "anchor_auroc":
         a = m.get("anchor") or {}
         return finite_float(a.get("auroc_anchor")), a.get("auroc_ci95")
     if metric == "auc":
         return finite_float(m.get("auc")), m.get("auc_ci95")
-    if metric == "mean_auc":
-        mx = comparison["matrix"]
-        row = mx["auc"][mx["models"].index(variant)]
-        vals = [v for t, v in zip(mx["test_sets"], row, strict=True) if t != ANCHORS and v is not None]
-        return (float(np.mean(vals)) if vals else None), None
     raise ConfigError("weights_from.metric", metric, f"one of {list(METRICS)}")
+
+
+def check_weights_from(spec) -> dict:
+    """``weights_from`` of a suite, checked when the suite loads (not after its arms have run)."""
+    if not isinstance(spec, dict):
+        raise ConfigError("weights_from", spec, "a mapping: {source: {...}, artifact: {...}, chance, floor}")
+    unknown = sorted(set(spec) - {"source", "artifact", "chance", "floor"})
+    if unknown:
+        raise ConfigError(f"weights_from.{unknown[0]}", spec[unknown[0]], "one of source, artifact, chance, floor")
+    for name in ("chance", "floor"):
+        if name in spec:
+            check_config_range(f"weights_from.{name}", spec[name], 0, 1)
+    for part, allowed in (("source", SOURCE_COMPONENTS), ("artifact", ARTIFACT_ORDER)):
+        p = spec.get(part)
+        if p is None:
+            continue
+        if not isinstance(p, dict) or not isinstance(p.get("comparison"), str) or not isinstance(p.get("components"), dict):
+            raise ConfigError(f"weights_from.{part}", p, "{comparison: <path or self>, components: {component: variant}, "
+                              "metric: anchor_auroc | auc}")
+        comps = p["components"]
+        if len(comps) < 2:
+            raise ConfigError(f"weights_from.{part}.components", comps, "at least two arms: weights compare arms")
+        for comp, variant in comps.items():
+            if comp not in allowed or not isinstance(variant, str):
+                raise ConfigError(f"weights_from.{part}.components.{comp}", variant,
+                                  f"a component among {list(allowed)} mapped to a variant name")
+        if p.get("metric", "anchor_auroc") not in METRICS:
+            raise ConfigError(f"weights_from.{part}.metric", p["metric"], f"one of {list(METRICS)}")
+    return spec
 
 
 def uber_weights(values: dict, chance: float = 0.5, floor: float = 0.01) -> dict:
@@ -76,6 +98,11 @@ def seed_default_weights(part: str, components) -> dict:
     return {c: round(v / total, 6) for c, v in w.items()} if total > 0 else w
 
 
+def _is_ci(ci) -> bool:
+    return (isinstance(ci, list | tuple) and len(ci) == 2
+            and all(finite_float(x) is not None for x in ci) and ci[0] <= ci[1])
+
+
 def _disjoint(a: list, b: list) -> bool:
     return a[1] < b[0] or b[1] < a[0]
 
@@ -95,7 +122,7 @@ def decide(part: str, comparison: dict | None, components: dict, metric: str, ch
         cis = {c: e["ci95"] for c, e in evidence.items()}
         if any(v is None for v in values.values()):
             reason = f"no {metric} for {sorted(c for c, v in values.items() if v is None)} (no real anchor set?)"
-        elif any(ci is None or any(x is None for x in ci) for ci in cis.values()):
+        elif not all(_is_ci(ci) for ci in cis.values()):
             reason = f"no 95 % CI of {metric} for every arm: the evidence cannot be judged"
         elif max(values.values()) <= chance:
             reason = f"every arm's {metric} is at or below chance ({chance}): no arm shows skill"
@@ -116,6 +143,7 @@ def uber_from_ablations(weights_from: dict, root: Path, require: bool = False) -
     ``require``: a missing comparison is an error (the uber arm of a suite cannot run without its
     evidence) instead of a fallback.
     """
+    check_weights_from(weights_from)
     chance, floor = float(weights_from.get("chance", 0.5)), float(weights_from.get("floor", 0.01))
     out = {"rule": f"w ∝ max(m - {chance}, {floor}) when the arms are separated (best arm above chance, "
                    "some pair of 95 % CIs disjoint); else the seed's defaults (configs/uber.yaml), said as fallback",
@@ -128,10 +156,6 @@ def uber_from_ablations(weights_from: dict, root: Path, require: bool = False) -
                                         f"weights_from names no {part} ablation") | {"comparison": None, "banks": {}}
             continue
         components = dict(spec["components"])
-        allowed = SOURCE_COMPONENTS if part == "source" else ARTIFACT_ORDER
-        for comp in components:
-            if comp not in allowed:
-                raise ConfigError(f"weights_from.{part}.components", comp, f"one of {list(allowed)}")
         name = spec["comparison"]
         path = Path(root) / "comparison.json" if name == "self" else Path(name)
         if not path.is_absolute():
@@ -145,8 +169,6 @@ def uber_from_ablations(weights_from: dict, root: Path, require: bool = False) -
         else:
             missing = f"{path} not found: run that ablation suite first"
         metric = spec.get("metric", "anchor_auroc")
-        if metric not in METRICS:
-            raise ConfigError(f"weights_from.{part}.metric", metric, f"one of {list(METRICS)}")
         out["parts"][part] = decide(part, comparison, components, metric, chance, floor, missing) | {
             "comparison": str(path), "banks": (comparison or {}).get("provenance", {}).get("banks", {})}
     return out
@@ -167,8 +189,9 @@ def mix_overrides(result: dict, banks: dict | None = None) -> dict:
         dropped = sorted(c for c in w if c in ("cosmos", "deep") and c not in known)
         src["dropped_no_bank"] = dropped
         w = {c: v for c, v in w.items() if c not in dropped}
-        if not w:
-            raise ConfigError("weights_from.source", src["weights"], "a weighted source mode with a bank")
+        if not w:   # every weighted mode needs a bank none was given: hybrid needs none, and says so
+            w = {"hybrid": 1.0}
+            src["no_bank_fallback"] = "every weighted source mode needs a bank and none was known: hybrid alone"
         total = sum(w.values())
         over["source"] = {"mode": "mix", "mix_modes": list(w), "mix_probs": [round(v / total, 6) for v in w.values()]}
         over["source"].update({f"{c}_bank": known[c] for c in w if c in known})

@@ -87,8 +87,13 @@ class SourceConfig:
     def __post_init__(self):
         modes = SOURCE_MODES + ("mix",)
         _choice("source.mode", self.mode, modes)
+        if not isinstance(self.mix_modes, list | tuple):
+            raise ConfigError("source.mix_modes", self.mix_modes, f"a list of source modes among {list(SOURCE_MODES)}")
         object.__setattr__(self, "mix_modes", tuple(self.mix_modes))
-        object.__setattr__(self, "mix_probs", tuple(float(p) for p in self.mix_probs))
+        if not isinstance(self.mix_probs, list | tuple):
+            raise ConfigError("source.mix_probs", self.mix_probs, "a list of weights, one per mix mode")
+        object.__setattr__(self, "mix_probs", tuple(check_config_range(f"source.mix_probs[{i}]", p, 0, 1e9)
+                                                    for i, p in enumerate(self.mix_probs)))
         for m in self.mix_modes:
             _choice("source.mix_modes[]", m, SOURCE_MODES)
         if len(self.mix_modes) != len(self.mix_probs) or sum(self.mix_probs) <= 0 or min(self.mix_probs) < 0:
@@ -180,12 +185,16 @@ class InjectionConfig:
             check_config_range("moffat_beta", self.moffat_beta, 1, 100, lo_open=True)
         if int(self.psf_max_size_pix) != self.psf_max_size_pix or self.psf_max_size_pix % 2 == 0 or self.psf_max_size_pix < 3:
             raise ConfigError("psf_max_size_pix", self.psf_max_size_pix, "an odd integer >= 3")
+        if not isinstance(self.arc_gain_e_per_nmgy, list | tuple):
+            raise ConfigError("arc_gain_e_per_nmgy", self.arc_gain_e_per_nmgy, "three values, for g, r, z")
         gains = tuple(check_config_range("arc_gain_e_per_nmgy[]", g, 0, 1e9, lo_open=True) for g in self.arc_gain_e_per_nmgy)
         if len(gains) != 3:
             raise ConfigError("arc_gain_e_per_nmgy", self.arc_gain_e_per_nmgy, "three values, for g, r, z")
         object.__setattr__(self, "arc_gain_e_per_nmgy", gains)
         _choice("artifact_profile", self.artifact_profile, ARTIFACT_PROFILES + ("mix",))
-        mix = tuple(float(v) for v in self.artifact_mix)
+        if not isinstance(self.artifact_mix, list | tuple):
+            raise ConfigError("artifact_mix", self.artifact_mix, "three weights (none, mild, strong)")
+        mix = tuple(check_config_range(f"artifact_mix[{i}]", v, 0, 1e9) for i, v in enumerate(self.artifact_mix))
         if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
             raise ConfigError("artifact_mix", self.artifact_mix, "three weights >= 0 (none, mild, strong), positive sum")
         object.__setattr__(self, "artifact_mix", mix)
@@ -202,7 +211,9 @@ class InjectionConfig:
                 artifact_config(profile, **changes)   # the profile's own range checks
             except ConfigError as err:
                 raise ConfigError(f"artifact_overrides.{profile}.{err.field}", err.value, err.allowed) from None
-        fr = tuple(float(v) for v in self.split_fractions)
+        if not isinstance(self.split_fractions, list | tuple):
+            raise ConfigError("split_fractions", self.split_fractions, "three fractions (train, val, test)")
+        fr = tuple(check_config_range(f"split_fractions[{i}]", v, 0, 1) for i, v in enumerate(self.split_fractions))
         if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6:
             raise ConfigError("split_fractions", self.split_fractions, "three fractions >= 0 (train, val, test) summing to 1")
         object.__setattr__(self, "split_fractions", fr)
@@ -293,13 +304,18 @@ def read_config_dict(name_or_path: str, _chain: tuple = (), folder: Path = CONFI
 
     An empty file, a YAML syntax error (with its line) and an ``extends`` cycle are ConfigErrors.
     """
-    path = find_yaml(name_or_path, folder)
-    if path.resolve() in _chain:
-        cycle = " -> ".join(p.name for p in (*_chain, path.resolve()))
+    if storage.is_s3(name_or_path):   # e.g. an experiment's config.yaml written beside its s3:// outputs
+        if not storage.exists(name_or_path):
+            raise ConfigError("config", str(name_or_path), "no such file")
+        path, text = str(name_or_path), storage.read_bytes(name_or_path).decode()
+    else:
+        path = find_yaml(name_or_path, folder).resolve()
+        text = path.read_text()
+    if path in _chain:
+        cycle = " -> ".join(str(p).rsplit("/", 1)[-1] for p in (*_chain, path))
         raise ConfigError("extends", str(name_or_path), f"a cycle: {cycle}")
     try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -309,7 +325,7 @@ def read_config_dict(name_or_path: str, _chain: tuple = (), folder: Path = CONFI
     if not isinstance(data, dict):
         raise ConfigError("config", str(path), "the YAML must be a mapping of fields")
     parent = data.pop("extends", None)
-    return deep_merge(read_config_dict(parent, (*_chain, path.resolve()), folder), data) if parent else data
+    return deep_merge(read_config_dict(parent, (*_chain, path), folder), data) if parent else data
 
 
 def config_from_dict(data: dict) -> InjectionConfig:

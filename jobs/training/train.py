@@ -91,28 +91,27 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self):
-        _num("epochs", self.epochs, 1, 10_000, integer=True)
-        _num("batch_size", self.batch_size, 2, 65_536, integer=True)  # BatchNorm needs >= 2 per batch
-        _num("lr", self.lr, 0.0, 10.0, lo_open=True)
-        _num("weight_decay", self.weight_decay, 0.0, 10.0)
+        # the checked numbers are stored: a YAML "1e-3" (text to PyYAML) becomes the number it spells
+        numbers = {"epochs": (1, 10_000, False, True), "batch_size": (2, 65_536, False, True),  # BatchNorm: >= 2
+                   "lr": (0.0, 10.0, True, False), "weight_decay": (0.0, 10.0, False, False),
+                   "warmup_steps": (0, 10_000_000, False, True), "seed": (0, 2**63 - 1, False, True),
+                   "early_stopping_patience": (0, 10_000, False, True), "core_dropout_p": (0.0, 1.0, False, False),
+                   "core_radius_pix": (0.0, 1000.0, False, False), "shuffle_buffer": (0, 1 << 24, False, True),
+                   "num_workers": (0, 256, False, True)}
+        if self.max_steps_per_epoch is not None:
+            numbers["max_steps_per_epoch"] = (1, 10_000_000, False, True)
+        for name, (lo, hi, lo_open, integer) in numbers.items():
+            value = _num(name, getattr(self, name), lo, hi, lo_open=lo_open, integer=integer)
+            object.__setattr__(self, name, int(value) if integer else float(value))
         if self.schedule not in SCHEDULES:
             raise ConfigError("schedule", self.schedule, f"must be one of {list(SCHEDULES)}")
-        _num("warmup_steps", self.warmup_steps, 0, 10_000_000, integer=True)
-        _num("seed", self.seed, 0, 2**63 - 1, integer=True)
-        _num("early_stopping_patience", self.early_stopping_patience, 0, 10_000, integer=True)
         if self.early_stopping_metric not in STOP_METRICS:
             raise ConfigError("early_stopping_metric", self.early_stopping_metric, f"must be one of {list(STOP_METRICS)}")
-        _num("core_dropout_p", self.core_dropout_p, 0.0, 1.0)
-        _num("core_radius_pix", self.core_radius_pix, 0.0, 1000.0)
         for name in ("paired", "augment", "amp", "save_every_epoch"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, getattr(self, name), "must be true or false")
-        _num("shuffle_buffer", self.shuffle_buffer, 0, 1 << 24, integer=True)
-        _num("num_workers", self.num_workers, 0, 256, integer=True)
         if self.device not in DEVICES:
             raise ConfigError("device", self.device, f"must be one of {list(DEVICES)}")
-        if self.max_steps_per_epoch is not None:
-            _num("max_steps_per_epoch", self.max_steps_per_epoch, 1, 10_000_000, integer=True)
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
         if not isinstance(self.model, ModelConfig):

@@ -131,3 +131,34 @@ def test_lineage_configs_load_and_each_changes_what_its_readme_says():
 def test_model_section_is_the_trainers_model_config():
     cfg = ExperimentConfig.from_yaml("v4_sota")
     assert isinstance(cfg.model, ModelConfig) and cfg.model.arch == "resnet18ish" and cfg.training.model == cfg.model
+
+
+def test_config_round_trips_through_s3_and_python_values_read_back_equal(s3_env, tmp_path):
+    """Written beside s3:// outputs, a config reads back equal (`dhs experiment run s3://.../config.yaml`);
+    tuples in overrides come back as the lists YAML holds, so the two configs are equal."""
+    import uuid
+
+    cfg = create_experiment_config("s3 run", "gen8b", variant(overrides={"split_fractions": (0.8, 0.1, 0.1)}),
+                                   f"s3://{s3_env.bucket}/exp-{uuid.uuid4().hex[:8]}")
+    uri = f"{cfg.output_dir}/config.yaml"
+    cfg.to_yaml(uri)
+    assert ExperimentConfig.from_yaml(uri) == cfg
+    with pytest.raises(ConfigError, match="no such file"):
+        ExperimentConfig.from_yaml(uri + ".missing")
+
+
+@pytest.mark.parametrize("data,field", [
+    ({"theta_e_range": ["a"]}, "data.theta_e_range[0]"),
+    ({"overrides": {"lens": 5}}, "data.overrides.lens"),           # a part of a variant field: it would be lost
+    ({"overrides": {"name": "x"}}, "data.overrides.name"),
+    ({"overrides": {"source": {"mix_probs": ["a"]}}}, "mix_probs"),
+])
+def test_malformed_values_are_config_errors_naming_the_field(data, field, tmp_path):
+    base = {"experiment_id": "e", "experiment_name": "e", "output_dir": str(tmp_path), "generation": "gen7c",
+            "data": {"theta_e_range": [1.0]} | data}
+    with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        ExperimentConfig.from_dict(base)
+    with pytest.raises(ConfigError, match="seeds.global_seed"):
+        SeedConfig(global_seed=1.5)
+    with pytest.raises(ConfigError, match="data.preset"):
+        ExperimentConfig(experiment_id="x", experiment_name="x", output_dir=str(tmp_path))   # "custom" is no preset

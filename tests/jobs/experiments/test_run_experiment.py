@@ -73,9 +73,15 @@ def test_v6_real_hardneg_runs_end_to_end_and_reruns_nothing(spark, tiny_sky, sha
     mtime = os.path.getmtime(out / "model" / "best.pt")
     again = run_experiment.run(ExperimentConfig.from_yaml(str(out / "config.yaml")), spark=spark, partitions=2)
     assert again["steps"] == state["steps"] and os.path.getmtime(out / "model" / "best.pt") == mtime
+    assert all(step["git_commit"] == cfg.with_git().git_commit for step in state["steps"].values())
     (out / "eval" / "metrics.json").unlink()   # an output deleted by hand is redone, the rest kept
     again = run_experiment.run(ExperimentConfig.from_yaml(str(out / "config.yaml")), spark=spark, partitions=2)
     assert (out / "eval" / "metrics.json").is_file() and os.path.getmtime(out / "model" / "best.pt") == mtime
+    stamps_mtime, eval_mtime = os.path.getmtime(out / "stamps" / "_manifest.json"), os.path.getmtime(out / "eval" / "metrics.json")
+    (out / "model" / "best.pt").unlink()      # a redone step redoes every step after it, not those before
+    run_experiment.run(ExperimentConfig.from_yaml(str(out / "config.yaml")), spark=spark, partitions=2)
+    assert os.path.getmtime(out / "eval" / "metrics.json") > eval_mtime
+    assert os.path.getmtime(out / "stamps" / "_manifest.json") == stamps_mtime
     other = ExperimentConfig.from_yaml(str(out / "config.yaml"), {"training": {"lr": 0.01}})
     with pytest.raises(ValueError, match="output_dir.*another config"):
         run_experiment.run(other, spark=spark, partitions=2)

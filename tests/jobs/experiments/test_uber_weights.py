@@ -141,3 +141,32 @@ def test_a_source_without_a_bank_is_left_out_and_said(tmp_path):
     assert "# cosmos has weight but no bank was known" in text
     with_banks = mix_overrides(result, {"cosmos": "/b/c.h5", "deep": "/b/d.npz"})
     assert with_banks["source"]["mix_modes"] == ["hybrid", "cosmos", "deep"]
+
+
+@pytest.mark.parametrize("weights_from,field", [
+    ({"source": {"comparison": "self", "components": {"sersic": "a"}}}, "weights_from.source.components"),
+    ({"source": {"comparison": "self", "components": {"sersik": "a", "hybrid": "b"}}}, "components.sersik"),
+    ({"artifact": {"comparison": "self", "components": {"none": "a", "mild": "b"}, "metric": "mean_auc"}},
+     "weights_from.artifact.metric"),
+    ({"source": {"components": {"sersic": "a", "hybrid": "b"}}}, "weights_from.source"),
+    ({"chance": "x"}, "weights_from.chance"),
+])
+def test_a_malformed_weights_from_fails_when_the_suite_loads(weights_from, field, tmp_path):
+    suite = {"name": "s", "baseline": "a", "seed": 0, "variants": {"a": {"preset": "gen8a"}, "b": {"preset": "gen8b"}},
+             "scales": {"demo": {}}, "weights_from": weights_from}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(ConfigError, match=field):
+        load_suite(str(path))
+
+
+def test_a_ci_that_is_not_two_numbers_is_no_evidence():
+    comp = fake_comparison({"a": 0.95, "b": 0.6}, {"a": [0.9], "b": [0.5, 0.7]})
+    d = decide("source", comp, {"hybrid": "a", "sersic": "b"}, "anchor_auroc", 0.5, 0.01)
+    assert d["decision"] == "fallback" and "no 95 % CI" in d["reason"]
+
+
+def test_only_bank_sources_weighted_and_no_bank_leaves_hybrid_and_says_so():
+    result = {"parts": {"source": {"weights": {"cosmos": 0.6, "deep": 0.4, "sersic": 0.0}, "banks": {}}}}
+    over = mix_overrides(result)
+    assert over["source"]["mix_modes"] == ["hybrid"] and "hybrid alone" in result["parts"]["source"]["no_bank_fallback"]
