@@ -138,6 +138,18 @@ class HostStamp:
 WHOLE_READ_AFTER_ROW_FRACTION = 0.25
 
 
+class TileReadError(ValueError):
+    """A tile of a coadd file that cannot be decompressed (a file without checksums, damaged past its
+    first tile): the stamps that touch it are rejected as ``corrupt_fits:<band>``."""
+
+    def __init__(self, label: str, detail: str):
+        super().__init__(f"corrupt FITS ({label}): {detail}")
+        self.label, self.detail = label, detail
+
+    def __reduce__(self):
+        return type(self), (self.label, self.detail)
+
+
 class TileReader:
     """One image of a (tile-compressed) FITS file, read by sections: a slice decompresses only the
     tiles it touches. Survey-scale 4c cuts ~10 stamps from a 3600x3600 brick: reading them this way
@@ -147,31 +159,43 @@ class TileReader:
     ``reader[y0:y1, x0:x1]`` and ``reader[iy, ix]`` give numpy values of ``dtype``; ``shape`` is the image's.
     """
 
-    def __init__(self, hdul, hdu, dtype, expected_rows: int = 0):
+    def __init__(self, hdul, hdu, dtype, expected_rows: int = 0, label: str = ""):
+        self.label = label           # the band (or "maskbits") a decoding error is reported under
         self._hdul = hdul            # keeps the in-memory file the sections read from open
         self._section = hdu.section
         self.shape = tuple(int(n) for n in hdu.shape)
         self.dtype = np.dtype(dtype)
         self._rows_read = 0
         self._whole: np.ndarray | None = None
+        self._sections_only = False
         if expected_rows >= WHOLE_READ_AFTER_ROW_FRACTION * self.shape[0]:   # the caller's plan: a dense brick
             self._read_whole()
 
+    def _decode(self, key) -> np.ndarray:
+        try:
+            return np.asarray(self._section[key]).astype(self.dtype, copy=False)
+        except Exception as err:  # noqa: BLE001 - any decoding failure is a property of the file
+            raise TileReadError(self.label, f"{type(err).__name__}: {err}"[:200]) from None
+
     def _read_whole(self) -> None:
-        self._whole = np.asarray(self._section[:, :]).astype(self.dtype, copy=False)
+        self._whole = self._decode((slice(None), slice(None)))
         self._section = self._hdul = None   # the decompressed image is all that is needed now
 
     def __getitem__(self, key):
         if self._whole is None:
             rows = key[0] if isinstance(key, tuple) else key
             self._rows_read += len(range(*rows.indices(self.shape[0]))) if isinstance(rows, slice) else 1
-            if self._rows_read < WHOLE_READ_AFTER_ROW_FRACTION * self.shape[0]:
-                return np.asarray(self._section[key]).astype(self.dtype, copy=False)
-            self._read_whole()
+            if self._sections_only or self._rows_read < WHOLE_READ_AFTER_ROW_FRACTION * self.shape[0]:
+                return self._decode(key)
+            try:
+                self._read_whole()
+            except TileReadError:   # a damaged tile somewhere: stay with sections, rejecting only what touches it
+                self._sections_only = True
+                return self._decode(key)
         return self._whole[key]
 
 
-def _read_fits_image(uri: str, dtype=None, expected_rows: int = 0):
+def _read_fits_image(uri: str, dtype=None, expected_rows: int = 0, label: str = ""):
     """(data, header) of the first HDU with image data; raises on any problem (caller classifies).
 
     ``dtype`` given: ``data`` is a :class:`TileReader` of that dtype (pixels decompressed when sliced;
@@ -199,7 +223,7 @@ def _read_fits_image(uri: str, dtype=None, expected_rows: int = 0):
                         found = np.array(hdu.data), hdu.header.copy()
                     else:
                         _ = hdu.section[0, 0]   # the first tile: a corrupt stream fails here, as a whole read would
-                        found = TileReader(hdul, hdu, dtype, expected_rows), hdu.header.copy()
+                        found = TileReader(hdul, hdu, dtype, expected_rows, label), hdu.header.copy()
                     break
             if dtype is None or found is None:
                 hdul.close()
@@ -221,7 +245,7 @@ def _load(brick: CoaddBrick, key: str, uri: str, dtype=None, expected_rows: int 
         brick.problems.setdefault(key, f"missing file {uri.rsplit('/', 1)[-1]}")
         return None
     try:
-        return _read_fits_image(uri, dtype, expected_rows)
+        return _read_fits_image(uri, dtype, expected_rows, key)
     except Exception as err:  # noqa: BLE001 - any read failure is a property of the data, not a crash
         brick.problems.setdefault(key, f"corrupt FITS: {type(err).__name__}: {err}"[:300])
         return None
@@ -349,9 +373,14 @@ def cut_stamp_at(brick: CoaddBrick, x: float, y: float, size_pix: int = 64) -> H
         out.reject_reason = "off_brick_edge"
         return out
     sl = (slice(y0, y0 + size), slice(x0, x0 + size))
-    image = np.stack([brick.image[b][sl] for b in brick.bands]).astype(np.float32)
-    invvar = np.stack([brick.invvar[b][sl] for b in brick.bands]).astype(np.float32)
-    out.psf_fwhm_arcsec = tuple(float(brick.psfsize[b][iy, ix]) for b in brick.bands)
+    try:
+        image = np.stack([brick.image[b][sl] for b in brick.bands]).astype(np.float32)
+        invvar = np.stack([brick.invvar[b][sl] for b in brick.bands]).astype(np.float32)
+        out.psf_fwhm_arcsec = tuple(float(brick.psfsize[b][iy, ix]) for b in brick.bands)
+        maskbits = np.array(brick.maskbits[sl])
+    except TileReadError as err:   # a damaged tile of a file read by sections (whole reads fail at load)
+        out.reject_reason = f"corrupt_fits:{err.label}"
+        return out
     if np.any(invvar[:, size // 2, size // 2] <= 0):
         out.reject_reason = "zero_invvar"
         return out
@@ -363,6 +392,6 @@ def cut_stamp_at(brick: CoaddBrick, x: float, y: float, size_pix: int = 64) -> H
     out.median_invvar = tuple(medians)
     out.psfdepth_nmgy = tuple(5.0 * float(np.sqrt(4 * np.pi * s**2 / m)) if m > 0 else float("inf")
                               for s, m in zip(sigma_psf_pix, medians, strict=True))
-    out.image, out.invvar, out.maskbits = image, invvar, np.array(brick.maskbits[sl])
+    out.image, out.invvar, out.maskbits = image, invvar, maskbits
     out.ok = True
     return out

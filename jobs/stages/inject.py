@@ -63,17 +63,19 @@ def inject_rows(rows: Iterable[dict], cfg: InjectionConfig, coadd_root: str, git
         brick_rows = list(brick_rows)   # manifest rows only (no pixels): how many hosts decides how the brick is read
         hosts = {(r["ra"], r["dec"]) for r in brick_rows}
         brick = load_brick(coadd_root, brick_name, tiles=True, n_stamps=len(hosts), stamp_size_pix=cfg.stamp_size_pix)
-        # every row of a host (grid, replicates, its control) shares one cut; render_row never writes into it
-        cutouts: dict = {}
+        # the rows of a host (grid, replicates, its control) are adjacent (task_id starts with the host) and
+        # share one cut, kept until the next host; render_row never writes into it
+        cut_key, cutout = None, None
         for row in brick_rows:
             try:
-                key = (row["ra"], row["dec"])
-                if key not in cutouts:
-                    cutouts[key] = cut_stamp(brick, row["ra"], row["dec"], cfg.stamp_size_pix)
-                yield render_row(row, cutouts[key], cfg, banks, git_sha, arc_cache)
+                if (row["ra"], row["dec"]) != cut_key:
+                    cut_key, cutout = None, None
+                    cutout = cut_stamp(brick, row["ra"], row["dec"], cfg.stamp_size_pix)
+                    cut_key = (row["ra"], row["dec"])
+                yield render_row(row, cutout, cfg, banks, git_sha, arc_cache)
             except Exception as err:  # noqa: BLE001 - a row must never take the partition down
                 yield rejected_row(row, f"error:{type(err).__name__}:{err}"[:200], git_sha)
-        brick = cutouts = None  # released before the next brick is loaded
+        brick = cutout = None  # released before the next brick is loaded
 
 
 #: Host columns joined onto manifest rows in 4c with --hosts: HOST_SCHEMA name -> joined name.
@@ -222,8 +224,8 @@ def run(manifest_uri: str, coadds_uri: str | None, out_uri: str, partitions: int
         df = df.join(hosts, on="host_id", how="left").select(*MANIFEST_SCHEMA.names, *HOST_JOIN_COLUMNS.values())
         df = df.repartition(partitions, "host_id").sortWithinPartitions("split", "host_id", "task_id")
     else:
-        # Range partitions keep each brick in one task and balance the tasks' brick counts (hashing a
-        # few bricks into as many partitions leaves some empty and others double, and cores idle).
+        # Range partitions keep each brick in one task and cut the sorted bricks into runs of similar row
+        # counts (Spark samples the rows: with about as many bricks as partitions some can still be empty).
         # The split is a function of the brick, so sorting by split first keeps each brick's rows
         # together and lets a partition's output cut into row groups of one split each.
         df = df.repartitionByRange(partitions, "brickname").sortWithinPartitions("split", "brickname", "task_id")

@@ -288,3 +288,35 @@ def test_flipped_bytes_that_still_decode_fail_the_files_checksum(broken_sky):
     assert brick.problems["r"].startswith("corrupt FITS: ValueError: checksum mismatch")
     assert {cut_stamp(brick, ra, dec).reject_reason for ra, dec, _, _ in _lrgs_ok(broken_sky)} == \
         {"checksum_mismatch:r"}
+
+
+def test_a_damaged_tile_rejects_the_stamps_that_touch_it(tmp_path):
+    """A file without checksums, damaged past its first tiles: read by sections, only the stamps over the
+    damaged rows are rejected, as corrupt_fits:<band>; the others are cut as usual."""
+    from astropy.io import fits
+
+    rng = np.random.default_rng(0)
+    root, brick_name = str(tmp_path / "coadd"), "1500p020"
+    for band in "grz":
+        for kind, data in (("image", rng.normal(0, 0.01, (400, 400))), ("invvar", np.full((400, 400), 1e4)),
+                           ("psfsize", np.full((400, 400), 1.2))):
+            path = Path(coadd_file(root, brick_name, kind, band))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            hdu = fits.CompImageHDU(data=data.astype(np.float32), compression_type="RICE_1", quantize_level=16.0)
+            fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    mask = fits.CompImageHDU(data=np.zeros((400, 400), np.int32), compression_type="RICE_1")
+    fits.HDUList([fits.PrimaryHDU(), mask]).writeto(coadd_file(root, brick_name, "maskbits"))
+    damaged = Path(coadd_file(root, brick_name, "image", "r"))
+    raw = bytearray(damaged.read_bytes())
+    end = len(raw) - 2880            # the last FITS block may be padding: damage the heap's last tiles
+    for i in range(end - 20000, end, 7):
+        raw[i] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+    brick = load_brick(root, brick_name, tiles=True, n_stamps=1, stamp_size_pix=64)   # sparse: sections
+    assert brick.problems == {}
+    for _ in range(2):   # the second round passes a quarter of the rows: the whole read fails, sections go on
+        assert cut_stamp_at(brick, 200.0, 40.0, 64).ok                   # rows 8-71: intact tiles
+        late = cut_stamp_at(brick, 200.0, 360.0, 64)                      # rows 328-391: damaged
+        assert not late.ok and late.reject_reason == "corrupt_fits:r"
+    dense = load_brick(root, brick_name, tiles=True, n_stamps=40, stamp_size_pix=64)   # whole read at load
+    assert "corrupt FITS" in dense.problems["r"] and cut_stamp_at(dense, 200.0, 40.0, 64).reject_reason == "corrupt_fits:r"
