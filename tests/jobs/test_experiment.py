@@ -49,6 +49,8 @@ def test_other_fields_are_checked_as_the_stages_check_them(tmp_path):
     base = {"experiment_id": "e", "experiment_name": "e", "output_dir": str(tmp_path), "generation": "gen7c"}
     with pytest.raises(ConfigError, match="training.epochs"):
         ExperimentConfig.from_dict(base | {"training": {"epochs": 0}})
+    # PyYAML reads `lr: 1e-3` as text: the trainer stores the number it checked, not the string
+    assert ExperimentConfig.from_dict(base | {"training": {"lr": "1e-3"}}).training.lr == 1e-3
     with pytest.raises(ConfigError, match="training.seed"):
         ExperimentConfig.from_dict(base | {"training": {"seed": 3}})
     with pytest.raises(ConfigError, match="seeds.glob"):
