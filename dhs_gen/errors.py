@@ -136,6 +136,14 @@ def check_config_range(field: str, value, lo=-math.inf, hi=math.inf, lo_open: bo
         raise ConfigError(field, value, f"must be {err.allowed}") from None
 
 
+def check_config_choice(field: str, value, choices: Iterable):
+    """Return ``value`` if it is one of ``choices``, else raise :class:`ConfigError` naming the field and the choices."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(field, value, f"must be one of {list(choices)}")
+    return value
+
+
 def check_choice(name: str, value, choices: Iterable):
     """Return ``value`` if it is one of ``choices``, else raise :class:`ChoiceError`."""
     choices = tuple(choices)

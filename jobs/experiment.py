@@ -47,7 +47,7 @@ import numpy as np
 import yaml
 
 from dhs_gen import PIPELINE_VERSION
-from dhs_gen.errors import ConfigError, check_config_range
+from dhs_gen.errors import ConfigError, check_config_choice, check_config_range
 from jobs.runtime import storage
 from jobs.runtime.config import (
     CONFIG_DIR,
@@ -68,11 +68,6 @@ EXPERIMENTS_DIR = CONFIG_DIR / "experiments"
 SOURCE_MODE_ALIASES = {"parametric": "sersic"}
 DATA_SOURCE_MODES = ("parametric", "sersic", "hybrid", "cosmos", "deep", "mix")
 CONTROL_TYPES = ("paired", "unpaired")
-
-
-def _choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(name, value, f"must be one of {list(choices)}")
 
 
 def _seed(name: str, value) -> int | None:
@@ -134,11 +129,11 @@ class DataVariantConfig:
         if not isinstance(self.variant_name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.variant_name):
             raise ConfigError("data.variant_name", self.variant_name, "a name of letters, digits, '_', '-', '.'")
         if self.psf_model is not None:
-            _choice("data.psf_model", self.psf_model, PSF_MODELS)
+            check_config_choice("data.psf_model", self.psf_model, PSF_MODELS)
         if self.psf_model == "moffat" and self.moffat_beta is None:   # seed rule 1
             raise ConfigError("data.moffat_beta", None, "required when data.psf_model is 'moffat' (DR10: ~3.5)")
         if self.source_mode is not None:
-            _choice("data.source_mode", self.source_mode, DATA_SOURCE_MODES)
+            check_config_choice("data.source_mode", self.source_mode, DATA_SOURCE_MODES)
         if self.source_mode == "cosmos" and not self.cosmos_library_path:   # seed rule 2
             raise ConfigError("data.cosmos_library_path", self.cosmos_library_path,
                               "required when data.source_mode is 'cosmos': a bank built by `dhs cosmos-bank`")
@@ -146,7 +141,7 @@ class DataVariantConfig:
             raise ConfigError("data.deep_library_path", self.deep_library_path,
                               "required when data.source_mode is 'deep': a bank built by `dhs deep-bank`")
         if self.control_type is not None:
-            _choice("data.control_type", self.control_type, CONTROL_TYPES)
+            check_config_choice("data.control_type", self.control_type, CONTROL_TYPES)
         if self.theta_e_range is not None:
             if not isinstance(self.theta_e_range, list | tuple) or not self.theta_e_range:
                 raise ConfigError("data.theta_e_range", self.theta_e_range, "a non-empty list of Einstein radii, arcsec")
@@ -213,7 +208,7 @@ class EvaluationConfig:
 
     def __post_init__(self):
         check_config_range("evaluation.n_boot", self.n_boot, 10, 1_000_000, integer=True)
-        _choice("evaluation.score_device", self.score_device, ("cpu", "cuda", "auto"))
+        check_config_choice("evaluation.score_device", self.score_device, ("cpu", "cuda", "auto"))
         check_config_range("evaluation.score_batch_size", self.score_batch_size, 1, 65_536, integer=True)
 
 

@@ -24,7 +24,7 @@ from dhs_gen.augmentation.artifacts import ArtifactConfig, artifact_config
 from dhs_gen.augmentation.mixer import ARTIFACT_PROFILE_NAMES
 from dhs_gen.augmentation.mixer import SOURCE_MODES as _MIXER_SOURCE_MODES
 from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
-from dhs_gen.errors import ConfigError, check_config_range
+from dhs_gen.errors import ConfigError, check_config_choice, check_config_range
 from jobs.runtime import storage
 
 #: The repository checkout this code runs from (configs/ and git live here); run from the EMR bundle
@@ -56,12 +56,6 @@ def _interval(name: str, value, lo, hi) -> tuple[float, float]:
     return (a, b)
 
 
-def _choice(name: str, value, choices) -> str:
-    if value not in choices:
-        raise ConfigError(name, value, f"must be one of {list(choices)}")
-    return value
-
-
 @dataclass(frozen=True)
 class SourceConfig:
     """Which sources are lensed and how they are drawn (magnitudes AB, sizes arcsec)."""
@@ -86,7 +80,7 @@ class SourceConfig:
 
     def __post_init__(self):
         modes = SOURCE_MODES + ("mix",)
-        _choice("source.mode", self.mode, modes)
+        check_config_choice("source.mode", self.mode, modes)
         if not isinstance(self.mix_modes, list | tuple):
             raise ConfigError("source.mix_modes", self.mix_modes, f"a list of source modes among {list(SOURCE_MODES)}")
         object.__setattr__(self, "mix_modes", tuple(self.mix_modes))
@@ -95,7 +89,7 @@ class SourceConfig:
         object.__setattr__(self, "mix_probs", tuple(check_config_range(f"source.mix_probs[{i}]", p, 0, 1e9)
                                                     for i, p in enumerate(self.mix_probs)))
         for m in self.mix_modes:
-            _choice("source.mix_modes[]", m, SOURCE_MODES)
+            check_config_choice("source.mix_modes[]", m, SOURCE_MODES)
         if len(self.mix_modes) != len(self.mix_probs) or sum(self.mix_probs) <= 0 or min(self.mix_probs) < 0:
             raise ConfigError("source.mix_probs", self.mix_probs, "one weight >= 0 per mix mode, positive sum")
         for name, lo, hi in [("mag_r", 15, 30), ("color_gr", -1, 3), ("color_rz", -1, 3), ("r_eff_arcsec", 0.01, 5),
@@ -177,8 +171,8 @@ class InjectionConfig:
             raise ConfigError("bands", self.bands, "only 'grz' (DR10) is supported")
         if int(self.supersample) != self.supersample or not 1 <= self.supersample <= 16:
             raise ConfigError("supersample", self.supersample, "an integer in [1, 16]")
-        _choice("engine", self.engine, ENGINES)
-        _choice("psf_model", self.psf_model, PSF_MODELS)
+        check_config_choice("engine", self.engine, ENGINES)
+        check_config_choice("psf_model", self.psf_model, PSF_MODELS)
         if self.psf_model == "moffat":
             if self.moffat_beta is None:
                 raise ConfigError("moffat_beta", None, "required when psf_model is 'moffat' (DR10: ~3.5)")
@@ -191,7 +185,7 @@ class InjectionConfig:
         if len(gains) != 3:
             raise ConfigError("arc_gain_e_per_nmgy", self.arc_gain_e_per_nmgy, "three values, for g, r, z")
         object.__setattr__(self, "arc_gain_e_per_nmgy", gains)
-        _choice("artifact_profile", self.artifact_profile, ARTIFACT_PROFILES + ("mix",))
+        check_config_choice("artifact_profile", self.artifact_profile, ARTIFACT_PROFILES + ("mix",))
         if not isinstance(self.artifact_mix, list | tuple):
             raise ConfigError("artifact_mix", self.artifact_mix, "three weights (none, mild, strong)")
         mix = tuple(check_config_range(f"artifact_mix[{i}]", v, 0, 1e9) for i, v in enumerate(self.artifact_mix))
@@ -199,7 +193,7 @@ class InjectionConfig:
             raise ConfigError("artifact_mix", self.artifact_mix, "three weights >= 0 (none, mild, strong), positive sum")
         object.__setattr__(self, "artifact_mix", mix)
         for profile, changes in self.artifact_overrides.items():
-            _choice("artifact_overrides", profile, tuple(p for p in ARTIFACT_PROFILES if p != "none"))
+            check_config_choice("artifact_overrides", profile, tuple(p for p in ARTIFACT_PROFILES if p != "none"))
             if not isinstance(changes, dict):
                 raise ConfigError(f"artifact_overrides.{profile}", changes, "a mapping of ArtifactConfig fields")
             known = {f.name for f in dataclasses.fields(ArtifactConfig)}

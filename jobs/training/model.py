@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dhs_gen.errors import ConfigError, InvalidValueError, check_config_range
+from dhs_gen.errors import ConfigError, InvalidValueError, check_config_choice, check_config_range
 from jobs.runtime.outputs import git_provenance, git_sha
 from jobs.runtime.storage import is_s3, resolve
 
@@ -72,8 +72,7 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ConfigError("model.arch", self.arch, f"must be one of {list(ARCHS)}")
+        check_config_choice("model.arch", self.arch, ARCHS)
         default_width, default_depth, _ = _ARCH_LAYOUT[self.arch]
         # Resolve the arch defaults so the saved config says exactly what was built.
         if self.width is None:
@@ -175,8 +174,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a ConfigError."""
-    if name not in DEVICES:
-        raise ConfigError("device", name, f"must be one of {list(DEVICES)}")
+    check_config_choice("device", name, DEVICES)
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", name, "cuda requested but torch.cuda.is_available() is False")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dhs_gen.errors import ConfigError, InvalidValueError, check_config_range
+from dhs_gen.errors import ConfigError, InvalidValueError, check_config_choice, check_config_range
 from dhs_gen.json_values import json_safe
 from dhs_gen.metrics import roc_auc
 from jobs.runtime.outputs import git_provenance
@@ -103,15 +103,12 @@ class TrainConfig:
         for name, (lo, hi, lo_open, integer) in numbers.items():
             value = _num(name, getattr(self, name), lo, hi, lo_open=lo_open, integer=integer)
             object.__setattr__(self, name, int(value) if integer else float(value))
-        if self.schedule not in SCHEDULES:
-            raise ConfigError("schedule", self.schedule, f"must be one of {list(SCHEDULES)}")
-        if self.early_stopping_metric not in STOP_METRICS:
-            raise ConfigError("early_stopping_metric", self.early_stopping_metric, f"must be one of {list(STOP_METRICS)}")
+        check_config_choice("schedule", self.schedule, SCHEDULES)
+        check_config_choice("early_stopping_metric", self.early_stopping_metric, STOP_METRICS)
         for name in ("paired", "augment", "amp", "save_every_epoch"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, getattr(self, name), "must be true or false")
-        if self.device not in DEVICES:
-            raise ConfigError("device", self.device, f"must be one of {list(DEVICES)}")
+        check_config_choice("device", self.device, DEVICES)
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
         if not isinstance(self.model, ModelConfig):
