@@ -96,12 +96,12 @@ def ensure_banks(out: Path, scale: dict, shared: Path) -> dict:
     from jobs.experiments.banks import REAL_BANK_SOURCES, build_real_bank
 
     banks = {}
-    for kind, suffix in (("cosmos", "h5"), ("deep", "npz")):
+    for kind in REAL_BANK_SOURCES:
         spec = scale[f"{kind}_bank"]
         if spec != "auto":
             banks[kind] = spec
             continue
-        banks[kind] = build_real_bank(kind, shared, out / "banks" / f"{kind}.{suffix}")
+        banks[kind] = build_real_bank(kind, shared, out / "banks")
         if banks[kind] is None:
             _log(f"no real data at {shared / REAL_BANK_SOURCES[kind]}: {kind} variants use the suite's no_bank_overrides")
     return banks

@@ -113,6 +113,29 @@ def deep_bank_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: The real-data folder each bank kind is built from, under ``$DHS_SHARED_DATA``, and the bank's file name.
+REAL_BANK_SOURCES = {"cosmos": "cosmos_hst", "deep": "hsc"}
+REAL_BANK_FILES = {"cosmos": "cosmos.h5", "deep": "deep.npz"}
+
+
+def build_real_bank(kind: str, shared: Path, folder: Path, n_sources: int = 100) -> str | None:
+    """A small bank of ``kind`` (``cosmos`` | ``deep``) from the shared real data, built once into ``folder``;
+    None when that data is absent. COSMOS templates keep 4x finer sampling than the survey pixel: lensing
+    magnifies source detail."""
+    src = Path(shared) / REAL_BANK_SOURCES[kind]
+    if not src.is_dir():
+        return None
+    output = Path(folder) / REAL_BANK_FILES[kind]
+    if not output.is_file():
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "cosmos":
+            cosmos_bank_main(["--galsim-path", str(src), "--output", str(output), "--n-sources", str(n_sources),
+                              "--stamp-size", "96", "--target-pixscale", "0.0655", "--seed", "0"])
+        else:
+            deep_bank_main(["--fits-dir", str(src), "--output", str(output), "--n-sources", str(n_sources)])
+    return str(output)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.experiments.banks {cosmos,deep} ...`` (the ``dhs`` command calls the two mains directly)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -124,23 +147,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-#: The real-data folder each bank kind is built from, under ``$DHS_SHARED_DATA``.
-REAL_BANK_SOURCES = {"cosmos": "cosmos_hst", "deep": "hsc"}
-
-
-def build_real_bank(kind: str, shared: Path, output: Path, n_sources: int = 100) -> str | None:
-    """A small bank of ``kind`` (``cosmos`` | ``deep``) from the shared real data, once; None when that data
-    is absent. COSMOS templates keep 4x finer sampling than the survey pixel: lensing magnifies source detail."""
-    src = Path(shared) / REAL_BANK_SOURCES[kind]
-    if not src.is_dir():
-        return None
-    if not output.is_file():
-        output.parent.mkdir(parents=True, exist_ok=True)
-        if kind == "cosmos":
-            cosmos_bank_main(["--galsim-path", str(src), "--output", str(output), "--n-sources", str(n_sources),
-                              "--stamp-size", "96", "--target-pixscale", "0.0655", "--seed", "0"])
-        else:
-            deep_bank_main(["--fits-dir", str(src), "--output", str(output), "--n-sources", str(n_sources)])
-    return str(output)

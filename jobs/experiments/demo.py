@@ -163,8 +163,8 @@ def build_banks(out: Path, shared: Path) -> dict:
         print(f"banks: no real data at {shared} (set DHS_SHARED_DATA); demo uses sersic + hybrid sources only",
               file=sys.stderr)
         return {}
-    cosmos = build_real_bank("cosmos", shared, out / "banks" / "cosmos_bank.h5")
-    deep = build_real_bank("deep", shared, out / "banks" / "deep_bank.npz")
+    cosmos = build_real_bank("cosmos", shared, out / "banks")
+    deep = build_real_bank("deep", shared, out / "banks")
     return {"source": {"mix_modes": ["sersic", "hybrid", "cosmos", "deep"], "mix_probs": [0.25, 0.25, 0.25, 0.25],
                        "cosmos_bank": str(cosmos), "deep_bank": str(deep)}}
 
