@@ -102,14 +102,32 @@ def _accuracy(ours, refs):
     return max(l1), float(np.median(l1)), max(dflux)
 
 
+def lenstronomy_pass(tasks):
+    """A pass rendering every single-band task with one lenstronomy ``ImageModel`` built once (the PSF of
+    task 0): lenstronomy's best case, the reference every ratio here is taken against."""
+    model, _, _ = image_model(tasks[0][0], tasks[0][1], tasks[0][2], STAMP, PIXSCALE_DR10_ARCSEC, SUPERSAMPLE)
+    kwargs = [(le.lenstronomy_kwargs(), [s.lenstronomy()[1]]) for le, s, _ in tasks]
+    return lambda: [model.image(kwargs_lens=kl, kwargs_source=ks) for kl, ks in kwargs]
+
+
+def best_cpu_seconds(passes: dict, repeats: int = REPEATS) -> tuple[dict, dict]:
+    """(results of a warm-up round, best process CPU seconds of each pass) over ``repeats`` rounds, the
+    passes interleaved so that a burst of load on the shared machine hits every side."""
+    outputs = {name: fn() for name, fn in passes.items()}  # warm-up: imports, caches, kernel FFTs
+    best = dict.fromkeys(passes, np.inf)
+    for _ in range(repeats):
+        for name, fn in passes.items():
+            t0 = time.process_time()
+            fn()
+            best[name] = min(best[name], time.process_time() - t0)
+    return outputs, best
+
+
 def run() -> str:
     """Benchmark and return the table and ratio lines (< 60 s on 2 shared cores)."""
     tasks, grz_psfs = make_tasks(N_TASKS)
     malloc_note = "glibc keeps freed memory" if keep_freed_memory() else "default allocator"
     p = PIXSCALE_DR10_ARCSEC
-    # one lenstronomy ImageModel re-used for every task (PSF of task 0): lenstronomy's best case
-    model, _, _ = image_model(tasks[0][0], tasks[0][1], tasks[0][2], STAMP, p, SUPERSAMPLE)
-    lt_kwargs = [(le.lenstronomy_kwargs(), [s.lenstronomy()[1]]) for le, s, _ in tasks]
     psf0 = tasks[0][2]
     batch = [(le, [s], [psf0]) for le, s, _ in tasks]
     grz = [(le, [dataclasses.replace(s, flux=s.flux * f) for f in GRZ_FLUX_RATIOS], psfs)
@@ -128,7 +146,7 @@ def run() -> str:
 
     t_batch = [(le, [s], [psf0]) for le, s, _ in templates]
     passes = {
-        "lenstronomy": lambda: [model.image(kwargs_lens=kl, kwargs_source=ks) for kl, ks in lt_kwargs],
+        "lenstronomy": lenstronomy_pass(tasks),
         "lenstronomy template": lenstronomy_templates,
         "render_arc single": lambda: [render_arc(le, s, psf0, STAMP, p, SUPERSAMPLE) for le, s, _ in tasks],
         "render_arc single exact": lambda: [render_arc(le, s, psf0, STAMP, p, SUPERSAMPLE, adaptive=False)
@@ -138,13 +156,7 @@ def run() -> str:
         "template render_arc single": lambda: [render_arc(le, s, psf0, STAMP, p, SUPERSAMPLE) for le, s, _ in templates],
         "template render_arcs batch": lambda: [r.images[0] for r in render_arcs(t_batch, STAMP, p, SUPERSAMPLE)],
     }
-    outputs = {name: fn() for name, fn in passes.items()}  # warm-up (caches, kernel FFTs) and results
-    best = dict.fromkeys(passes, np.inf)
-    for _ in range(REPEATS):  # interleaved, so a burst of load on the shared machine hits both sides
-        for name, fn in passes.items():
-            t0 = time.process_time()
-            fn()
-            best[name] = min(best[name], time.process_time() - t0)
+    outputs, best = best_cpu_seconds(passes)
     t_lt = best["lenstronomy"] / N_TASKS
     refs = outputs["lenstronomy"]
     rows = [(name, best[name] / N_TASKS, t_lt, *_accuracy(outputs[name], refs))

@@ -62,11 +62,9 @@ def _kernel_rate(work: Path, cfg) -> float:
 
 
 def _per_row_vs_lenstronomy(work: Path, cfg) -> tuple[float, float]:
-    """(4c rows/s, lenstronomy single-band renders/s): CPU time in this process, each the best of 3 warm
-    passes, with the allocator setting of ``bench.kernels`` (lenstronomy's best case) for both."""
-    from bench.kernels import N_TASKS, STAMP, SUPERSAMPLE, keep_freed_memory, make_tasks
-    from dhs_gen.conventions import PIXSCALE_DR10_ARCSEC
-    from dhs_gen.physics.lenstronomy_engine import image_model
+    """(4c rows/s, lenstronomy single-band renders/s): CPU time in this process, best of 3 interleaved warm
+    passes (``bench.kernels.best_cpu_seconds``), with its allocator setting (lenstronomy's best case) for both."""
+    from bench.kernels import N_TASKS, best_cpu_seconds, keep_freed_memory, lenstronomy_pass, make_tasks
     from jobs.runtime import outputs, storage
     from jobs.stages.inject import inject_rows
 
@@ -76,21 +74,9 @@ def _per_row_vs_lenstronomy(work: Path, cfg) -> tuple[float, float]:
     rows = [r for r in table.sort_by("task_id").to_pylist() if r["brickname"] == brick]
     coadds = str(work / "sky" / "coadd")
     tasks, _ = make_tasks(N_TASKS)
-    model, _, _ = image_model(tasks[0][0], tasks[0][1], tasks[0][2], STAMP, PIXSCALE_DR10_ARCSEC, SUPERSAMPLE)
-    kwargs = [(le.lenstronomy_kwargs(), [s.lenstronomy()[1]]) for le, s, _ in tasks]
-
-    def best_rate(n: int, work_fn) -> float:
-        work_fn()   # warm: imports, caches, allocator
-        times = []
-        for _ in range(3):
-            t0 = time.process_time()
-            work_fn()
-            times.append(time.process_time() - t0)
-        return n / min(times)
-
-    row_rate = best_rate(len(rows), lambda: sum(1 for _ in inject_rows(rows, cfg, coadds, "bench")))
-    lt_rate = best_rate(len(kwargs), lambda: [model.image(kwargs_lens=kl, kwargs_source=ks) for kl, ks in kwargs])
-    return row_rate, lt_rate
+    _, best = best_cpu_seconds({"4c": lambda: sum(1 for _ in inject_rows(rows, cfg, coadds, "bench")),
+                                "lenstronomy": lenstronomy_pass(tasks)}, repeats=3)
+    return len(rows) / best["4c"], len(tasks) / best["lenstronomy"]
 
 
 def _spark_run(work: Path, partitions: int, reuse: bool, tag: str):
