@@ -68,10 +68,9 @@ def inject_rows(rows: Iterable[dict], cfg: InjectionConfig, coadd_root: str, git
         cut_key, cutout = None, None
         for row in brick_rows:
             try:
-                if (row["ra"], row["dec"]) != cut_key:
-                    cut_key, cutout = None, None
-                    cutout = cut_stamp(brick, row["ra"], row["dec"], cfg.stamp_size_pix)
-                    cut_key = (row["ra"], row["dec"])
+                key = (row["ra"], row["dec"])
+                if key != cut_key:   # both change together, or (when the cut raises) neither
+                    cutout, cut_key = cut_stamp(brick, row["ra"], row["dec"], cfg.stamp_size_pix), key
                 yield render_row(row, cutout, cfg, banks, git_sha, arc_cache)
             except Exception as err:  # noqa: BLE001 - a row must never take the partition down
                 yield rejected_row(row, f"error:{type(err).__name__}:{err}"[:200], git_sha)
