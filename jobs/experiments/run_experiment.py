@@ -122,7 +122,6 @@ class RunState:
 def run(cfg: ExperimentConfig, until: str = "eval", overwrite: bool = False, partitions: int = 4,
         master: str | None = None, spark=None) -> dict:
     """Run (or resume) one experiment; returns ``experiment_state.json``'s content."""
-    from jobs.experiments.ablate import ensure_anchors, write_test_split
     from jobs.runtime.outputs import refuse_overlap
     from jobs.stages import inject, manifest
     from jobs.training import train
@@ -172,7 +171,7 @@ def run(cfg: ExperimentConfig, until: str = "eval", overwrite: bool = False, par
                 train.train(stamps_uri, model_dir, cfg.training, progress=True,
                             hard_negatives=hn.hard_neg_path if hn.enabled else None, hard_neg_weight=hn.hard_neg_weight)
             elif step == "scores":
-                _score(cfg, ckpt, stamps_uri, spark, ensure_anchors, write_test_split)
+                _score(cfg, ckpt, stamps_uri, spark)
             elif step == "eval":
                 _evaluate(cfg, ckpt)
             state.mark(step, time.perf_counter() - t0)
@@ -183,13 +182,10 @@ def run(cfg: ExperimentConfig, until: str = "eval", overwrite: bool = False, par
     return state.data
 
 
-def _anchors_uri(cfg: ExperimentConfig) -> str | None:
-    return storage.join(cfg.output_dir, "anchors") if cfg.evaluation.anchor_set == "auto" else cfg.evaluation.anchor_set
-
-
-def _score(cfg: ExperimentConfig, ckpt: str, stamps_uri: str, spark, ensure_anchors, write_test_split) -> None:
-    """The test split scored, and the real anchors when there are any."""
+def _score(cfg: ExperimentConfig, ckpt: str, stamps_uri: str, spark) -> None:
+    """The test split scored, and the real anchors when there are any (else no anchor scores are left)."""
     from jobs.evaluation import score
+    from jobs.experiments.ablate import ensure_anchors, write_test_split
 
     out, ev = cfg.output_dir, cfg.evaluation
     test = storage.join(out, "test_stamps")
@@ -213,7 +209,7 @@ def _evaluate(cfg: ExperimentConfig, ckpt: str) -> None:
             "--stamps", storage.join(out, "test_stamps"), "--checkpoint", ckpt,
             "--n-boot", str(cfg.evaluation.n_boot), "--seed", str(cfg.seeds.resolved("evaluation"))]
     anchor_scores = storage.join(out, "anchor_scores")
-    if _anchors_uri(cfg) and storage.exists(storage.join(anchor_scores, "_manifest.json")):
+    if storage.exists(storage.join(anchor_scores, "_manifest.json")):   # this model's: _score removes older ones
         argv += ["--anchor-scores", anchor_scores]
     if evaluate.main(argv) != 0:
         raise RuntimeError(f"dhs evaluate failed on {out}")
