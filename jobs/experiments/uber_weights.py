@@ -29,9 +29,10 @@ import yaml
 from dhs_gen.errors import ConfigError, check_config_range
 from dhs_gen.json_values import finite_float
 from jobs.runtime import storage
-from jobs.runtime.config import read_config_dict
+from jobs.runtime.config import ARTIFACT_PROFILES, read_config_dict
 
-ARTIFACT_ORDER = ("none", "mild", "strong")   # the order of InjectionConfig.artifact_mix
+#: The mixer's source modes (``jobs.runtime.config.SOURCE_MODES``), in the order a preset written here lists them;
+#: artifact weights follow ``ARTIFACT_PROFILES``, the order of ``artifact_mix``.
 SOURCE_COMPONENTS = ("sersic", "hybrid", "cosmos", "deep")
 PRESET_FILE = "uber_from_ablations.yaml"
 #: Metrics an arm can be weighed by; each comes with a 95 % CI, which the separation test needs.
@@ -59,7 +60,7 @@ def check_weights_from(spec) -> dict:
     for name in ("chance", "floor"):
         if name in spec:
             check_config_range(f"weights_from.{name}", spec[name], 0, 1)
-    for part, allowed in (("source", SOURCE_COMPONENTS), ("artifact", ARTIFACT_ORDER)):
+    for part, allowed in (("source", SOURCE_COMPONENTS), ("artifact", ARTIFACT_PROFILES)):
         p = spec.get(part)
         if p is None:
             continue
@@ -92,7 +93,7 @@ def seed_default_weights(part: str, components) -> dict:
         src = uber["source"]
         given = dict(zip(src["mix_modes"], src["mix_probs"], strict=True))
     else:
-        given = dict(zip(ARTIFACT_ORDER, uber["artifact_mix"], strict=True))
+        given = dict(zip(ARTIFACT_PROFILES, uber["artifact_mix"], strict=True))
     w = {c: float(given.get(c, 0.0)) for c in components}
     total = sum(w.values())
     return {c: round(v / total, 6) for c, v in w.items()} if total > 0 else w
@@ -151,7 +152,7 @@ def uber_from_ablations(weights_from: dict, root: Path, require: bool = False) -
     for part in ("source", "artifact"):
         spec = weights_from.get(part)
         if not spec:   # the preset still needs this part's weights: the seed's, said so
-            components = SOURCE_COMPONENTS if part == "source" else ARTIFACT_ORDER
+            components = SOURCE_COMPONENTS if part == "source" else ARTIFACT_PROFILES
             out["parts"][part] = decide(part, None, {c: None for c in components}, "anchor_auroc", chance, floor,
                                         f"weights_from names no {part} ablation") | {"comparison": None, "banks": {}}
             continue
@@ -197,7 +198,7 @@ def mix_overrides(result: dict, banks: dict | None = None) -> dict:
         over["source"].update({f"{c}_bank": known[c] for c in w if c in known})
     art = result["parts"].get("artifact")
     if art:
-        over.update(artifact_profile="mix", artifact_mix=[art["weights"].get(a, 0.0) for a in ARTIFACT_ORDER])
+        over.update(artifact_profile="mix", artifact_mix=[art["weights"].get(a, 0.0) for a in ARTIFACT_PROFILES])
     return over
 
 
