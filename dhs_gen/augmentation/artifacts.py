@@ -116,6 +116,22 @@ def _noise_scale(band: np.ndarray) -> float:
     return mad if mad > 0 else float(np.std(v))
 
 
+def _noise_scales(img: np.ndarray) -> np.ndarray:
+    """:func:`_noise_scale` of every band of a (B, H, W) stamp.
+
+    A stamp without NaN or inf (the usual case) takes both medians of all bands in one call each: the
+    same values, with a third of the calls' overhead.
+    """
+    flat = img.reshape(img.shape[0], -1)
+    if not np.isfinite(flat).all():
+        return np.array([_noise_scale(band) for band in img])
+    mad = np.median(np.abs(flat - np.median(flat, axis=1, keepdims=True)), axis=1)
+    flat_bands = np.flatnonzero(mad <= 0)
+    for b in flat_bands:   # a constant band has MAD 0: fall back to its standard deviation
+        mad[b] = np.std(flat[b])
+    return mad
+
+
 def _cosmic_track(h, w, x0, y0, angle, length, peak):
     """Segment from (x0, y0) (pixel indices) of ``length`` pixels, Gaussian cross-section."""
     yy, xx = np.mgrid[:h, :w].astype(float)
@@ -216,7 +232,7 @@ def apply_domain_randomization_bands(
         return {"img": np.array(arr, dtype=out_dtype, copy=True), "meta": meta}
 
     img = arr.astype(np.float64)  # a copy: the input is never modified
-    noise = np.array([_noise_scale(img[b]) for b in range(n_bands)])
+    noise = _noise_scales(img)
     meta["noise_scale"] = [float(v) for v in noise]
 
     if do_bg:  # 1. background plane

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from dhs_gen.conventions import q_phi_from_ellipticity
+from dhs_gen.conventions import block_mean, q_phi_from_ellipticity
 from dhs_gen.errors import InvalidValueError, RangeError, check_range
 
 DEFAULT_MAX_KERNEL_SIZE = 63
@@ -62,7 +62,7 @@ def _validate_common(fwhm_arcsec, pixscale_arcsec, e1, e2, size, max_size):
 
 
 def _finish(profile_values, size, oversample):
-    k = profile_values.reshape(size, oversample, size, oversample).mean(axis=(1, 3))
+    k = block_mean(profile_values, size, size, oversample)
     return k / k.sum()
 
 

@@ -28,6 +28,7 @@ import math
 import numpy as np
 from scipy import special
 
+from dhs_gen.conventions import block_mean
 from dhs_gen.errors import InvalidValueError, check_range
 from dhs_gen.sources.profiles import sersic_b_n
 from dhs_gen.utils import rng_for
@@ -54,18 +55,27 @@ _SALT = "gen7_hybrid_v1"
 
 def _radius_pow(rows: np.ndarray, cols: np.ndarray, h: int, w: int, n_sersic: float, q: float, phi_rad: float,
                 supersample: int) -> np.ndarray:
-    """``R^(1/n)`` (pixels^(1/n)) at the ``supersample**2`` sub-pixels of pixels rows x cols."""
+    """``R^(1/n)`` (pixels^(1/n)) at the ``supersample**2`` sub-pixels of pixels rows x cols.
+
+    ``R^2 = q x'^2 + y'^2 / q`` in the frame rotated by ``phi`` is the quadratic form
+    ``a x^2 + 2 b x y + c y^2`` of the grid coordinates: three broadcast operations per sample.
+    """
     offs = (np.arange(supersample) + 0.5) / supersample - 0.5
     ys = ((rows - (h - 1) / 2.0)[:, None] + offs[None, :]).ravel()
     xs = ((cols - (w - 1) / 2.0)[:, None] + offs[None, :]).ravel()
-    x, y = np.meshgrid(xs, ys)
     c, s = math.cos(phi_rad), math.sin(phi_rad)
-    xr, yr = c * x + s * y, -s * x + c * y
-    return (q * xr * xr + yr * yr / q) ** (0.5 / n_sersic)
+    a, b, cc = q * c * c + s * s / q, c * s * (q - 1.0 / q), q * s * s + c * c / q
+    r2 = np.multiply.outer(ys, (2.0 * b) * xs)
+    r2 += (cc * ys * ys)[:, None]
+    r2 += (a * xs * xs)[None, :]
+    return np.power(r2, 0.5 / n_sersic, out=r2)
 
 
-def _pixel_mean(prof: np.ndarray, n_rows: int, n_cols: int, supersample: int) -> np.ndarray:
-    return prof.reshape(n_rows, supersample, n_cols, supersample).mean(axis=(1, 3))
+def _sersic_at(r_pow: np.ndarray, scale: float, b_n: float) -> np.ndarray:
+    """``exp(b_n - scale * R^(1/n))`` in one temporary."""
+    out = np.multiply(r_pow, -scale)
+    out += b_n
+    return np.exp(out, out=out)
 
 
 def sersic_templates(h: int, w: int, re_pix_list, n_sersic: float, q: float, phi_rad: float,
@@ -105,8 +115,8 @@ def sersic_templates(h: int, w: int, re_pix_list, n_sersic: float, q: float, phi
     for re_pix in re_pix_list:
         if re_pix not in done:
             scale = b_n / float(re_pix) ** (1.0 / n_sersic)  # b_n (R/re)^(1/n) = scale * R^(1/n)
-            img = _pixel_mean(np.exp(b_n - scale * r_pow), h, w, supersample)
-            img[np.ix_(core_r, core_c)] = _pixel_mean(np.exp(b_n - scale * r_pow_core), core_r.size, core_c.size,
+            img = block_mean(_sersic_at(r_pow, scale, b_n), h, w, supersample)
+            img[np.ix_(core_r, core_c)] = block_mean(_sersic_at(r_pow_core, scale, b_n), core_r.size, core_c.size,
                                                       CORE_SUPERSAMPLE)
             done[re_pix] = img / img.sum()
         out.append(done[re_pix])

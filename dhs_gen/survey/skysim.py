@@ -37,6 +37,7 @@ from scipy.signal import fftconvolve
 
 from dhs_gen.conventions import (
     PIXSCALE_DR10_ARCSEC,
+    block_mean,
     ellipticity_from_q_phi,
     mag_to_nmgy,
     pixel_grid_arcsec,
@@ -91,7 +92,7 @@ def _pixel_means(profile, n_pix: int, dx_pix: float, dy_pix: float, pixscale_arc
     """Mean of ``profile(x, y)`` over each pixel of an odd ``n_pix`` grid, object at (dx, dy) px off centre."""
     x, y = pixel_grid_arcsec(n_pix, pixscale_arcsec, s)
     values = profile(x - dx_pix * pixscale_arcsec, y - dy_pix * pixscale_arcsec)
-    return values.reshape(n_pix, s, n_pix, s).mean(axis=(1, 3))
+    return block_mean(values, n_pix, n_pix, s)
 
 
 def render_sersic(flux_nmgy: float, r_eff_arcsec: float, n: float, e1: float, e2: float, dx_pix: float,
