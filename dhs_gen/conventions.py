@@ -37,6 +37,8 @@ PSF kernels
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 ZEROPOINT_AB = 22.5
@@ -72,6 +74,21 @@ def q_phi_from_ellipticity(e1, e2):
     e = np.hypot(e1, e2)
     phi = 0.5 * np.arctan2(e2, e1)
     return (1.0 - e) / (1.0 + e), phi
+
+
+def elliptical_r2_grid(ys: np.ndarray, xs: np.ndarray, q: float, phi_rad: float) -> np.ndarray:
+    """``R^2 = q x'^2 + y'^2 / q`` (the elliptical radius above) on the grid of row coordinates ``ys`` x column
+    coordinates ``xs`` (any length unit): (len(ys), len(xs)) float64.
+
+    In the unrotated frame ``R^2`` is the quadratic form ``a x^2 + 2 b x y + c y^2``, so the grid costs three
+    broadcast operations instead of a meshgrid, a rotation and the products.
+    """
+    c, s = math.cos(phi_rad), math.sin(phi_rad)
+    a, b, cc = q * c * c + s * s / q, c * s * (q - 1.0 / q), q * s * s + c * c / q
+    r2 = np.multiply.outer(ys, (2.0 * b) * xs)
+    r2 += (cc * ys * ys)[:, None]
+    r2 += (a * xs * xs)[None, :]
+    return r2
 
 
 def pixel_centers_arcsec(n_pix: int, pixscale_arcsec: float) -> np.ndarray:

@@ -28,7 +28,7 @@ import math
 import numpy as np
 from scipy import special
 
-from dhs_gen.conventions import block_mean
+from dhs_gen.conventions import block_mean, elliptical_r2_grid
 from dhs_gen.errors import InvalidValueError, check_range
 from dhs_gen.sources.profiles import sersic_b_n
 from dhs_gen.utils import rng_for
@@ -55,19 +55,11 @@ _SALT = "gen7_hybrid_v1"
 
 def _radius_pow(rows: np.ndarray, cols: np.ndarray, h: int, w: int, n_sersic: float, q: float, phi_rad: float,
                 supersample: int) -> np.ndarray:
-    """``R^(1/n)`` (pixels^(1/n)) at the ``supersample**2`` sub-pixels of pixels rows x cols.
-
-    ``R^2 = q x'^2 + y'^2 / q`` in the frame rotated by ``phi`` is the quadratic form
-    ``a x^2 + 2 b x y + c y^2`` of the grid coordinates: three broadcast operations per sample.
-    """
+    """``R^(1/n)`` (pixels^(1/n)) at the ``supersample**2`` sub-pixels of pixels rows x cols."""
     offs = (np.arange(supersample) + 0.5) / supersample - 0.5
     ys = ((rows - (h - 1) / 2.0)[:, None] + offs[None, :]).ravel()
     xs = ((cols - (w - 1) / 2.0)[:, None] + offs[None, :]).ravel()
-    c, s = math.cos(phi_rad), math.sin(phi_rad)
-    a, b, cc = q * c * c + s * s / q, c * s * (q - 1.0 / q), q * s * s + c * c / q
-    r2 = np.multiply.outer(ys, (2.0 * b) * xs)
-    r2 += (cc * ys * ys)[:, None]
-    r2 += (a * xs * xs)[None, :]
+    r2 = elliptical_r2_grid(ys, xs, q, phi_rad)
     return np.power(r2, 0.5 / n_sersic, out=r2)
 
 

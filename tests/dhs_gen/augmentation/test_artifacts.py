@@ -15,6 +15,7 @@ from dhs_gen.augmentation.artifacts import (
     apply_domain_randomization,
     apply_domain_randomization_bands,
     artifact_config,
+    shift_bilinear,
 )
 from dhs_gen.errors import ChoiceError, ConfigError, InvalidValueError, RangeError
 
@@ -231,6 +232,15 @@ def test_jitter_moves_centroid_by_the_recorded_shift_in_every_band():
         assert (img * yy).sum() / img.sum() - 23.5 == pytest.approx(dy, abs=1e-6)
         assert (img * xx).sum() / img.sum() - 23.5 == pytest.approx(dx, abs=1e-6)
         assert img.sum() == pytest.approx(stamp[b].sum(), rel=1e-9)
+
+
+@pytest.mark.parametrize("dy, dx", [(0.3, -0.2), (-0.7, 0.45), (1.6, -2.3), (0.0, 0.0), (-3.0, 1.0)])
+def test_shift_bilinear_matches_scipy_ndimage_shift(dy, dx):
+    from scipy import ndimage
+
+    img = np.random.default_rng(7).normal(0.0, 1.0, (3, 40, 33))
+    ref = np.stack([ndimage.shift(band, (dy, dx), order=1, mode="nearest") for band in img])
+    np.testing.assert_allclose(shift_bilinear(img, dy, dx), ref, rtol=0, atol=1e-12)
 
 
 def test_bad_call_arguments():

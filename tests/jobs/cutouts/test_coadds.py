@@ -14,7 +14,7 @@ from dhs_gen.conventions import pixel_centers_arcsec
 from dhs_gen.physics.psf import moffat_kernel
 from dhs_gen.survey.skysim import GAIN_E_PER_NMGY
 from dhs_gen.survey.skysim_scene import SkyConfig
-from jobs.cutouts.coadds import coadd_file, cut_stamp, cut_stamp_at, load_brick
+from jobs.cutouts.coadds import WHOLE_READ_AFTER_ROW_FRACTION, coadd_file, cut_stamp, cut_stamp_at, load_brick
 from jobs.stages import sky
 
 PS = 0.262
@@ -314,9 +314,12 @@ def test_a_damaged_tile_rejects_the_stamps_that_touch_it(tmp_path):
     damaged.write_bytes(bytes(raw))
     brick = load_brick(root, brick_name, tiles=True, n_stamps=1, stamp_size_pix=64)   # sparse: sections
     assert brick.problems == {}
-    for _ in range(2):   # the second round passes a quarter of the rows: the whole read fails, sections go on
+    # enough rounds for the requests to pass WHOLE_READ_AFTER_ROW_FRACTION of the rows: the whole read is
+    # tried, fails, and sections go on
+    for _ in range(int(WHOLE_READ_AFTER_ROW_FRACTION * 400 / 128) + 2):
         assert cut_stamp_at(brick, 200.0, 40.0, 64).ok                   # rows 8-71: intact tiles
         late = cut_stamp_at(brick, 200.0, 360.0, 64)                      # rows 328-391: damaged
         assert not late.ok and late.reject_reason == "corrupt_fits:r"
+    assert brick.image["r"]._sections_only   # the whole read was tried and failed
     dense = load_brick(root, brick_name, tiles=True, n_stamps=40, stamp_size_pix=64)   # whole read at load
     assert "corrupt FITS" in dense.problems["r"] and cut_stamp_at(dense, 200.0, 40.0, 64).reject_reason == "corrupt_fits:r"
