@@ -112,6 +112,50 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
 
 
+def task_frame(spark, payloads: list[bytes]):
+    """A DataFrame of one binary column ``payload``, each value alone in its own partition: one task each.
+
+    For stages whose driver decides what every task does (which hosts, which bricks of which files):
+    no shuffle and no sampling job, and tasks as balanced as the driver made them.
+    """
+    rdd = spark.sparkContext.parallelize([(bytes(p),) for p in payloads], numSlices=max(1, len(payloads)))
+    return spark.createDataFrame(rdd, "payload binary")
+
+
+def table_payload(table: pa.Table) -> bytes:
+    """An Arrow table as the bytes of one :func:`task_frame` payload (Arrow IPC stream)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def payload_table(payload: bytes) -> pa.Table:
+    """The table of :func:`table_payload`."""
+    return pa.ipc.open_stream(payload).read_all()
+
+
+def balanced_runs(weights: list[int], n: int) -> list[range]:
+    """Cut items of ``weights`` (in their order) into at most ``n`` contiguous runs of similar total weight.
+
+    A run ends at the first item that brings the running total to its share ``k * total / n``; empty
+    runs are dropped, so fewer items than ``n`` give one run each. Deterministic (a function of the weights).
+    """
+    if sum(weights) <= 0:   # nothing weighs anything: balance the item counts
+        weights = [1] * len(weights)
+    total, runs, start, acc, k = sum(weights), [], 0, 0, 1
+    for i, w in enumerate(weights):
+        acc += w
+        if acc * n >= k * total and i + 1 < len(weights):
+            runs.append(range(start, i + 1))
+            start = i + 1
+            while acc * n >= k * total:
+                k += 1
+    if start < len(weights):
+        runs.append(range(start, len(weights)))
+    return runs
+
+
 def run_partitions(df, process: Callable[[Iterable[pa.RecordBatch]], Iterator[pa.Table]], out_uri: str,
                    schema: pa.Schema, run_id: str | None = None) -> tuple[str, list[dict]]:
     """Apply ``process`` (Arrow batches in -> Arrow tables in ``schema`` out) per partition and write.

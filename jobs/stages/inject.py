@@ -4,8 +4,9 @@
     dhs inject --manifest MANIFEST --hosts HOSTS --out STAMPS      # hosts of `dhs hosts build`
 
 Everything else (generation config, bank paths) comes from the manifest's own
-``_manifest.json``, so these arguments alone re-run the stage. Rows are repartitioned by
-brick and sorted, so each partition loads each of its bricks once and holds one brick plus one
+``_manifest.json``, so these arguments alone re-run the stage. The driver cuts the bricks (in name
+order) into at most ``--partitions`` runs of similar row counts from the manifest's own parts; each
+task reads the rows of its bricks (no shuffle), loads each brick once and holds one brick plus one
 output batch in memory, whatever the partition size. Each manifest row gives exactly one output
 row: bad data (missing band, corrupt FITS, off the brick edge, NaN pixels) gives a row with
 ``cutout_ok = 0`` and a ``reject_reason``, never a crash or a loss.
@@ -20,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -142,36 +145,36 @@ def read_dataset_df(spark, uri: str, schema: pa.Schema = MANIFEST_SCHEMA):
 
     def read(batches):
         for batch in batches:
-            for part in batch.column("uri").to_pylist():
-                yield from storage.read_parquet(part).cast(schema).to_batches()
+            for part in batch.column("payload").to_pylist():
+                yield from storage.read_parquet(part.decode()).cast(schema).to_batches()
 
-    paths = spark.createDataFrame([(f,) for f in files] or [("",)], "uri string")
-    if not files:
-        paths = paths.limit(0)
-    return paths.repartition(max(1, len(files))).mapInArrow(stage.with_storage_env(read), stage.spark_schema(schema))
+    paths = stage.task_frame(spark, [f.encode() for f in files])
+    return paths.mapInArrow(stage.with_storage_env(read), stage.spark_schema(schema))
 
 
-def check_manifest_parts(manifest_uri: str, m: dict) -> None:
+def check_manifest_parts(manifest_uri: str, m: dict) -> dict[str, Counter]:
     """On the driver, before Spark: every part the manifest lists is there with its recorded rows (Parquet
     footers), and no task_id appears twice across the parts (64-bit hashes in memory, 8 bytes a task;
-    a repeated hash is confirmed on the ids themselves)."""
+    a repeated hash is confirmed on the ids themselves). Returns the rows of each brick in each part."""
     import pandas as pd
     import pyarrow.parquet as pq
 
     recorded = m.get("file_rows") or {}
-    hashes, ids_of = [], {}
+    hashes, ids_of, bricks_of = [], {}, {}
     for uri in outputs.dataset_files(manifest_uri):
         name = uri.rsplit("/", 1)[-1]
         fs, path = storage.resolve(uri)
         with fs.open_input_file(path) as f:
-            ids = pq.ParquetFile(f).read(columns=["task_id"]).column(0).to_numpy(zero_copy_only=False)
+            cols = pq.ParquetFile(f).read(columns=["task_id", "brickname"])
+        ids = cols.column("task_id").to_numpy(zero_copy_only=False)
         if name in recorded and int(recorded[name]) != len(ids):
             raise InvalidValueError("manifest part", uri,
                                     f"holds {len(ids)} rows, its _manifest.json records {recorded[name]}")
         hashes.append(pd.util.hash_array(ids.astype(object)))
         ids_of[uri] = ids
+        bricks_of[uri] = Counter(cols.column("brickname").to_pylist())
     if not hashes:
-        return
+        return bricks_of
     h = np.concatenate(hashes)
     values, counts = np.unique(h, return_counts=True)
     repeated = set(values[counts > 1].tolist())
@@ -182,6 +185,52 @@ def check_manifest_parts(manifest_uri: str, m: dict) -> None:
         if dup:
             raise InvalidValueError("manifest", manifest_uri, f"task_id {dup[0]!r} appears more than once "
                                     f"({len(dup)} repeated): a task must be planned once (re-run dhs manifest)")
+    return bricks_of
+
+
+def brick_tasks(bricks_of: dict[str, Counter], partitions: int) -> list[bytes]:
+    """4c's tasks as :func:`jobs.runtime.stage.task_frame` payloads: the bricks in name order cut into at most
+    ``partitions`` runs of similar row counts, each with the manifest parts that hold its rows.
+
+    Every brick is in exactly one task (its brick is loaded once); a manifest written by 4a holds whole
+    bricks per part in brick order, so a task reads one or two parts.
+    """
+    rows, parts = Counter(), {}
+    for uri, counts in bricks_of.items():
+        for brick, n in counts.items():
+            rows[brick] += n
+            parts.setdefault(brick, []).append(uri)
+    bricks = sorted(rows, key=lambda b: (b is None, b or ""))   # a row without a brick is rejected in its task
+    return [json.dumps({"bricks": run, "parts": sorted({u for b in run for u in parts[b]})}).encode()
+            for run in ([bricks[i] for i in r] for r in stage.balanced_runs([rows[b] for b in bricks], partitions))]
+
+
+def read_task_rows(task: dict) -> pa.Table:
+    """The manifest rows of one :func:`brick_tasks` task, in 4c's order: split, brick, task_id (a brick's rows
+    together, and each split's rows together for one-split row groups). Row groups of other bricks are
+    skipped by their statistics."""
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    named = [b for b in task["bricks"] if b is not None]
+    wanted = ds.field("brickname").isin(named)
+    if len(named) < len(task["bricks"]):
+        wanted = wanted | ds.field("brickname").is_null()
+    tables = []
+    for uri in task["parts"]:
+        fs, path = storage.resolve(uri)
+        tables.append(pq.read_table(path, filesystem=fs, filters=wanted).cast(MANIFEST_SCHEMA))
+    table = pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
+    return table.sort_by([("split", "ascending"), ("brickname", "ascending"), ("task_id", "ascending")])
+
+
+def inject_tasks(batches: Iterable[pa.RecordBatch], cfg: InjectionConfig, coadd_root: str,
+                 git_sha: str) -> Iterator[pa.Table]:
+    """:func:`brick_tasks` payloads -> Arrow stamp tables (:func:`inject_batches` over each task's rows)."""
+    for batch in batches:
+        for payload in batch.column("payload").to_pylist():
+            rows = read_task_rows(json.loads(payload))
+            yield from inject_batches(rows.to_batches(max_chunksize=OUTPUT_BATCH_ROWS), cfg, coadd_root, git_sha)
 
 
 def resolve_coadd_root(coadds_uri: str) -> str:
@@ -210,26 +259,25 @@ def run(manifest_uri: str, coadds_uri: str | None, out_uri: str, partitions: int
     if coadd_root and not storage.is_dir(coadd_root):
         raise InvalidValueError("coadds", coadds_uri, "no such coadd root: give the sky folder or its coadd/ "
                                 "folder (local or s3://), e.g. the --dest of `dhs coadd-cache` + /coadd")
-    check_manifest_parts(manifest_uri, m)
+    bricks_of = check_manifest_parts(manifest_uri, m)
     outputs.prepare_output(out_uri, overwrite, (manifest_uri, coadds_uri, hosts_uri))
     git_sha = outputs.git_sha()
     spark = spark or get_spark("dhs-4c-inject")
     from pyspark.sql import functions as F
 
-    df = read_dataset_df(spark, manifest_uri)
     if hosts_uri:
         hosts = read_dataset_df(spark, hosts_uri, HOST_SCHEMA).select(
             "host_id", *[F.col(c).alias(j) for c, j in HOST_JOIN_COLUMNS.items()])
-        df = df.join(hosts, on="host_id", how="left").select(*MANIFEST_SCHEMA.names, *HOST_JOIN_COLUMNS.values())
+        df = read_dataset_df(spark, manifest_uri).join(hosts, on="host_id", how="left")
+        df = df.select(*MANIFEST_SCHEMA.names, *HOST_JOIN_COLUMNS.values())
         df = df.repartition(partitions, "host_id").sortWithinPartitions("split", "host_id", "task_id")
+        process = lambda b: inject_batches(b, cfg, None, git_sha)   # noqa: E731
     else:
-        # Range partitions keep each brick in one task and cut the sorted bricks into runs of similar row
-        # counts (Spark samples the rows: with about as many bricks as partitions some can still be empty).
-        # The split is a function of the brick, so sorting by split first keeps each brick's rows
-        # together and lets a partition's output cut into row groups of one split each.
-        df = df.repartitionByRange(partitions, "brickname").sortWithinPartitions("split", "brickname", "task_id")
-    run_id, reports = stage.run_partitions(df, lambda b: inject_batches(b, cfg, coadd_root, git_sha),
-                                           out_uri, STAMP_SCHEMA)
+        # The driver cuts the bricks into tasks from the row counts it has just read (brick_tasks): no
+        # shuffle of the manifest, no sampling job, and each task reads its own bricks' rows.
+        df = stage.task_frame(spark, brick_tasks(bricks_of, partitions))
+        process = lambda b: inject_tasks(b, cfg, coadd_root, git_sha)   # noqa: E731
+    run_id, reports = stage.run_partitions(df, process, out_uri, STAMP_SCHEMA)
     seconds = time.perf_counter() - t0
     summary = stage.summarize(reports)
     extra = {"partitions": partitions, "task_seconds": sum(r["seconds"] for r in reports),

@@ -186,6 +186,33 @@ def plan_batches(batches: Iterable[pa.RecordBatch], cfg: InjectionConfig, config
         yield pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
 
+#: Hosts planned into one manifest table (one Parquet row group of ~24 rows per host): with parts in brick order,
+#: 4c reads the row groups of its bricks and skips the rest by their brickname statistics.
+HOSTS_PER_ROW_GROUP = 64
+
+
+def brick_runs(hosts: pa.Table, partitions: int) -> list[pa.Table]:
+    """The hosts in brick order, cut into at most ``partitions`` runs of whole bricks with similar host counts.
+
+    Each run becomes one manifest part, so a part holds whole bricks in order and a 4c task, which
+    takes a run of whole bricks, reads one or two parts instead of every part.
+    """
+    hosts = hosts.sort_by([("brickname", "ascending")])   # stable: a brick's hosts keep their input order
+    bricks = hosts.column("brickname").to_pylist()
+    starts = [i for i in range(len(bricks)) if i == 0 or bricks[i] != bricks[i - 1]] + [len(bricks)]
+    counts = [b - a for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    return [hosts.slice(starts[r.start], starts[r.stop] - starts[r.start])
+            for r in stage.balanced_runs(counts, partitions)]
+
+
+def plan_payloads(batches: Iterable[pa.RecordBatch], cfg: InjectionConfig, config_hash: str) -> Iterator[pa.Table]:
+    """Task payloads (the hosts of one :func:`brick_runs` run) -> manifest tables of HOSTS_PER_ROW_GROUP hosts each."""
+    for batch in batches:
+        for payload in batch.column("payload").to_pylist():
+            hosts = stage.payload_table(payload)
+            yield from plan_batches(hosts.to_batches(max_chunksize=HOSTS_PER_ROW_GROUP), cfg, config_hash)
+
+
 def run(parent_uri: str | None, cfg: InjectionConfig, out_uri: str, partitions: int = 4, overwrite: bool = False,
         spark=None, hosts_uri: str | None = None) -> dict:
     """Plan the manifest with Spark and commit it with ``_manifest.json``; returns the manifest dict.
@@ -204,9 +231,9 @@ def run(parent_uri: str | None, cfg: InjectionConfig, out_uri: str, partitions: 
     outputs.prepare_output(out_uri, overwrite, (parent_uri, hosts_uri))
     storage.write_parquet(pa.Table.from_pylist(host_rejects, REJECT_SCHEMA), storage.join(out_uri, outputs.REJECTS_FILE))
     spark = spark or get_spark("dhs-4a-manifest")
-    df = spark.createDataFrame(hosts.to_pandas()).repartition(partitions)
+    df = stage.task_frame(spark, [stage.table_payload(t) for t in brick_runs(hosts, partitions)])
     config_hash = cfg.config_hash()
-    run_id, reports = stage.run_partitions(df, lambda b: plan_batches(b, cfg, config_hash), out_uri, MANIFEST_SCHEMA)
+    run_id, reports = stage.run_partitions(df, lambda b: plan_payloads(b, cfg, config_hash), out_uri, MANIFEST_SCHEMA)
     seconds = time.perf_counter() - t0
     n_rows = sum(r["rows"] for r in reports)
     per_host = len(cfg.lens.theta_e_arcsec) * cfg.n_replicates
