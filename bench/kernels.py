@@ -9,7 +9,7 @@ kernel here is single-threaded, so CPU time = single-core time).
 
 The lenstronomy side is as favourable to it as possible: one ``ImageModel`` built once and
 re-used, only the kwargs change per task, and glibc's malloc told to keep freed memory
-(:func:`keep_freed_memory`): by default each of lenstronomy's 65k-sample float64 temporaries
+(:func:`jobs.runtime.allocator.keep_freed_memory`, as every 4c task does): by default each of lenstronomy's 65k-sample float64 temporaries
 (512 kB, above glibc's initial 128 kB mmap threshold) is a fresh ``mmap`` whose pages fault on
 first touch, which doubles its time (6.5 vs 3.0 ms per stamp measured here) and makes its speed
 depend on whatever ran before in the process. Lines printed:
@@ -28,7 +28,6 @@ Run: ``python -m bench kernels``.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import time
 
@@ -40,23 +39,11 @@ from dhs_gen.physics.lensing import SIEShear
 from dhs_gen.physics.lenstronomy_engine import image_model
 from dhs_gen.physics.psf import moffat_kernel
 from dhs_gen.sources.profiles import SersicSource, TemplateSource
+from jobs.runtime.allocator import keep_freed_memory
 
 STAMP, SUPERSAMPLE, PSF_SIZE = 64, 4, 25
 N_TASKS, REPEATS = 40, 7
 GRZ_FLUX_RATIOS = (0.8, 1.0, 1.1)
-
-
-def keep_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds (``mallopt``) so that large temporaries are recycled.
-
-    Returns False where this is not glibc (then nothing changes).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 64 << 20))
 
 
 def make_tasks(n: int, seed: int = 0):

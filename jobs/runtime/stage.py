@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.runtime import outputs, storage
+from jobs.runtime.allocator import keep_freed_memory
 
 REPORT_SCHEMA = pa.schema([
     ("partition", pa.int32()),
@@ -167,6 +168,7 @@ def run_partitions(df, process: Callable[[Iterable[pa.RecordBatch]], Iterator[pa
     def task(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
+        keep_freed_memory()
         ctx = TaskContext.get()
         attempt = f"{ctx.attemptNumber()}-{uuid.uuid4().hex[:8]}"
         t0 = time.perf_counter()
