@@ -93,6 +93,27 @@ def test_output_is_bit_identical_for_any_partition_count(small_sky, small_manife
     assert a.drop(["git_sha"]).equals(b.drop(["git_sha"]))
 
 
+def test_each_brick_is_one_task_reading_only_its_rows(small_manifest):
+    """The driver's plan: every brick in exactly one task, runs of bricks in name order, and a task's rows
+    (read back by its task alone) are exactly the manifest rows of its bricks, sorted split, brick, task_id."""
+    import json
+
+    m = outputs.read_manifest(str(small_manifest))
+    bricks_of = inject.check_manifest_parts(str(small_manifest), m)
+    everything = _table(str(small_manifest))
+    for partitions in (1, 2, 5):
+        tasks = [json.loads(p) for p in inject.brick_tasks(bricks_of, partitions)]
+        assert len(tasks) == min(partitions, N_BRICKS)
+        flat = [b for t in tasks for b in t["bricks"]]
+        assert flat == sorted(set(everything.column("brickname").to_pylist()))
+        read = [inject.read_task_rows(t) for t in tasks]
+        assert sum(r.num_rows for r in read) == everything.num_rows
+        for task, rows in zip(tasks, read, strict=True):
+            assert set(rows.column("brickname").to_pylist()) == set(task["bricks"])
+            keys = list(zip(*(rows.column(c).to_pylist() for c in ("split", "brickname", "task_id")), strict=True))
+            assert keys == sorted(keys)
+
+
 def test_bad_inputs_become_rejected_rows(small_sky, small_manifest, spark, tmp_path):
     broken = tmp_path / "sky"
     shutil.copytree(small_sky, broken)

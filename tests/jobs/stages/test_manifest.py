@@ -78,6 +78,24 @@ def test_spark_manifest_on_real_parent_sample_is_partition_independent(spark, sh
     assert tables[0].equals(tables[1])
     modes = Counter(tables[0].column("source_mode").to_pylist())
     assert set(modes) <= {"cosmos", "deep", "hybrid"} and len(modes) == 3
+    # every part holds whole bricks, in brick order, and the parts follow each other in brick order: a 4c
+    # task (a run of bricks) reads one or two parts
+    parts = [pq.read_table(f, columns=["brickname"]).column(0).to_pylist() for f in outputs.dataset_files(str(tmp_path / "m4"))]
+    n_bricks = len(set(tables[0].column("brickname").to_pylist()))
+    assert len(parts) == min(4, n_bricks) and all(p == sorted(p) for p in parts)
+    parts.sort(key=lambda p: p[0])
+    assert all(a[-1] < b[0] for a, b in zip(parts[:-1], parts[1:], strict=True))   # disjoint runs of bricks
+
+
+def test_brick_runs_cut_whole_bricks_into_balanced_runs():
+    import pyarrow as pa
+
+    bricks = ["b"] * 5 + ["a"] * 3 + ["c"] * 4 + ["d"] * 4
+    hosts = pa.table({"brickname": bricks, "ra": [float(i) for i in range(len(bricks))]})
+    runs = manifest.brick_runs(hosts, 3)
+    assert [r.column("brickname").to_pylist() for r in runs] == [["a"] * 3 + ["b"] * 5, ["c"] * 4, ["d"] * 4]
+    assert runs[0].column("ra").to_pylist()[3:] == [0.0, 1.0, 2.0, 3.0, 4.0]   # a brick's hosts keep their order
+    assert len(manifest.brick_runs(hosts, 10)) == 4                             # never more runs than bricks
 
 
 def test_missing_parent_column_is_a_config_error(tmp_path):

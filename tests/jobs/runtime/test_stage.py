@@ -1,0 +1,51 @@
+"""The stage runner's planning helpers: balanced runs of work, one task per payload, table payloads."""
+
+import pyarrow as pa
+import pytest
+
+from jobs.runtime import stage
+from jobs.runtime.allocator import keep_freed_memory
+
+
+@pytest.mark.parametrize("weights, n, expected", [
+    ([360] * 8, 8, [[i] for i in range(8)]),
+    ([360] * 8, 3, [[0, 1, 2], [3, 4, 5], [6, 7]]),
+    ([1, 1, 10, 1, 1], 2, [[0, 1, 2], [3, 4]]),
+    ([5], 4, [[0]]),
+    ([], 4, []),
+    ([0, 0, 0], 2, [[0, 1], [2]]),
+])
+def test_balanced_runs_cover_every_item_once_in_order(weights, n, expected):
+    runs = stage.balanced_runs(weights, n)
+    assert [list(r) for r in runs] == expected
+    assert [i for r in runs for i in r] == list(range(len(weights))) and len(runs) <= n
+
+
+def test_balanced_runs_stay_within_one_item_of_the_share():
+    weights = [3, 7, 1, 9, 4, 4, 2, 8, 6, 5, 1, 1, 12, 3]
+    runs = stage.balanced_runs(weights, 4)
+    share, biggest = sum(weights) / 4, max(weights)
+    assert all(sum(weights[i] for i in r) <= share + biggest for r in runs)
+
+
+def test_task_frame_puts_each_payload_in_its_own_task(spark):
+    payloads = [f"task-{i}".encode() for i in range(5)]
+    df = stage.task_frame(spark, payloads)
+    assert df.rdd.getNumPartitions() == 5
+    per_partition = df.rdd.glom().map(lambda rows: [bytes(r.payload) for r in rows]).collect()
+    assert per_partition == [[p] for p in payloads]
+    assert stage.task_frame(spark, []).count() == 0
+
+
+def test_table_payload_round_trips():
+    table = pa.table({"brickname": ["a", None, "c"], "ra": [1.0, 2.0, float("nan")]})
+    back = stage.payload_table(stage.table_payload(table))
+    assert back.schema == table.schema and back.column("brickname").to_pylist() == ["a", None, "c"]
+
+
+def test_keep_freed_memory_is_set_on_glibc():
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip(f"the allocator setting is glibc's; this is {platform.libc_ver()[0] or 'not glibc'}")
+    assert keep_freed_memory() is True
