@@ -142,11 +142,12 @@ def shift_bilinear(img: np.ndarray, dy: float, dx: float) -> np.ndarray:
     _, h, w = img.shape
     iy, ix = math.floor(dy), math.floor(dx)
     fy, fx = dy - iy, dx - ix
-    k = max(abs(iy), abs(ix)) + 2   # edge replicas wide enough for the integer part of the shift
-    p = np.pad(img, ((0, 0), (k, k), (k, k)), mode="edge")
-    r0, c0 = k - iy - 1, k - ix - 1   # y - dy lies between padded rows r0 + y and r0 + y + 1 (weight fy on the first)
-    upper = fx * p[:, r0:r0 + h, c0:c0 + w] + (1.0 - fx) * p[:, r0:r0 + h, c0 + 1:c0 + 1 + w]
-    lower = fx * p[:, r0 + 1:r0 + 1 + h, c0:c0 + w] + (1.0 - fx) * p[:, r0 + 1:r0 + 1 + h, c0 + 1:c0 + 1 + w]
+    # y - dy lies between rows y - iy - 1 (weight fy) and y - iy; indices clamped to the edge rows
+    r0, r1 = (np.clip(np.arange(h) - iy - k, 0, h - 1) for k in (1, 0))
+    c0, c1 = (np.clip(np.arange(w) - ix - k, 0, w - 1) for k in (1, 0))
+    upper, lower = img.take(r0, axis=1), img.take(r1, axis=1)
+    upper = fx * upper.take(c0, axis=2) + (1.0 - fx) * upper.take(c1, axis=2)
+    lower = fx * lower.take(c0, axis=2) + (1.0 - fx) * lower.take(c1, axis=2)
     return fy * upper + (1.0 - fy) * lower
 
 
