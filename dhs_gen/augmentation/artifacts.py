@@ -238,9 +238,12 @@ def apply_domain_randomization_bands(
     meta: dict[str, object] = {"bg_plane": None, "psf": None, "cosmic_ray": None, "sat_wings": None, "jitter": None}
     key = str(key)
 
-    # every random draw below is made whether or not its result is used, per artifact stream,
-    # so a stamp's artifacts depend only on (key, cfg) and never on the order of other steps
-    r_bg, r_psf, r_cr, r_sat, r_jit = (rng_for(key, f"{_SALT}:{name}") for name in ("bg", "psf", "cr", "sat", "jit"))
+    # each artifact draws from its own stream of the key, so a stamp's artifacts depend only on (key, cfg)
+    # and never on which other steps ran
+    def stream(name):
+        return rng_for(key, f"{_SALT}:{name}")
+
+    r_cr, r_sat = stream("cr"), stream("sat")   # the other streams are made only where their artifact is on
     do_bg = cfg.enable_bg_plane and cfg.bg_plane_amp > 0
     do_psf = cfg.enable_psf_anisotropy and psf_fwhm_pix is not None
     do_cr = cfg.enable_cosmic_rays and cfg.cosmic_amp > 0 and r_cr.random() < cfg.cosmic_rate
@@ -255,7 +258,7 @@ def apply_domain_randomization_bands(
     meta["noise_scale"] = [float(v) for v in noise]
 
     if do_bg:  # 1. background plane
-        gx, gy = (r_bg.uniform(-1.0, 1.0, 2) * cfg.bg_plane_amp).tolist()
+        gx, gy = (stream("bg").uniform(-1.0, 1.0, 2) * cfg.bg_plane_amp).tolist()
         yn = (np.arange(h) - (h - 1) / 2.0) / max((h - 1) / 2.0, 1.0)
         xn = (np.arange(w) - (w - 1) / 2.0) / max((w - 1) / 2.0, 1.0)
         plane = gx * xn[None, :] + gy * yn[:, None]
@@ -263,6 +266,7 @@ def apply_domain_randomization_bands(
         meta["bg_plane"] = {"gx_mad": gx, "gy_mad": gy}
 
     if do_psf:  # 2. anisotropic PSF
+        r_psf = stream("psf")
         e1, e2 = r_psf.normal(0.0, cfg.psf_e_sigma, 2)
         while math.hypot(e1, e2) >= MAX_PSF_E:
             e1, e2 = r_psf.normal(0.0, cfg.psf_e_sigma, 2)
@@ -296,7 +300,7 @@ def apply_domain_randomization_bands(
                              "arm_scale_pix": float(arm), "peak_mad": float(cfg.sat_amp)}
 
     if do_jit:  # 5. astrometric jitter, same sub-pixel shift in all bands
-        dy, dx = r_jit.normal(0.0, cfg.jitter_sigma_pix, 2)
+        dy, dx = stream("jit").normal(0.0, cfg.jitter_sigma_pix, 2)
         img = shift_bilinear(img, dy, dx)
         meta["jitter"] = {"dy_pix": float(dy), "dx_pix": float(dx)}
 

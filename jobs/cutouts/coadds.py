@@ -30,6 +30,7 @@ even sizes and 0 for odd ones. x runs along columns (RA decreasing), y along row
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -205,17 +206,29 @@ class TileReader:
         return values[0, 0] if point else values
 
 
+#: Characters cfitsio reads as its extended file-name syntax (``file.fits[1]``, ``[col ...]`` filters).
+_CFITSIO_SYNTAX = frozenset("[]")
+
+
 @contextmanager
 def _local_file(uri: str):
-    """A local path holding the bytes of ``uri``: the file itself, or for ``s3://`` a temporary copy that is
-    removed on exit (cfitsio reads paths; a file it has opened stays readable after its name is removed)."""
-    if not storage.is_s3(uri):
-        yield storage.resolve(uri)[1]
+    """A local path holding the bytes of ``uri`` that cfitsio reads as a plain file name: the file itself, a
+    temporary link to it when its path has brackets, or for ``s3://`` a temporary copy. Links and copies are
+    removed on exit (a file cfitsio has opened stays readable after its name is removed)."""
+    if storage.is_s3(uri):
+        with storage.open_input(uri) as f, tempfile.NamedTemporaryFile(suffix=".fits.fz") as tmp:
+            shutil.copyfileobj(f, tmp)
+            tmp.flush()
+            yield tmp.name
         return
-    with storage.open_input(uri) as f, tempfile.NamedTemporaryFile(suffix=".fits.fz") as tmp:
-        shutil.copyfileobj(f, tmp)
-        tmp.flush()
-        yield tmp.name
+    path = storage.resolve(uri)[1]
+    if not _CFITSIO_SYNTAX & set(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="dhs-fits-") as tmp:
+        link = os.path.join(tmp, "file.fits.fz")
+        os.symlink(os.path.abspath(path), link)
+        yield link
 
 
 def _verify_checksums(hdu) -> None:

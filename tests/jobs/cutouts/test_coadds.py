@@ -277,6 +277,15 @@ def test_load_brick_reads_s3_like_local(tmp_path, s3_env):
     assert load_brick(storage.join(uri, "coadd"), BRICK).problems == load_brick(str(local / "coadd"), BRICK).problems
 
 
+def test_a_coadd_root_with_brackets_in_its_path_reads_like_any_other(noisy_sky, tmp_path):
+    """cfitsio reads ``[...]`` in a file name as an extension selector: such paths are opened through a link."""
+    odd = tmp_path / "run[1] (copy)" / "coadd"
+    shutil.copytree(noisy_sky / "coadd", odd)
+    here, there = load_brick(str(noisy_sky / "coadd"), BRICK), load_brick(str(odd), BRICK)
+    assert there.problems == {} and np.array_equal(there.maskbits, here.maskbits)
+    assert all(np.array_equal(there.image[b], here.image[b]) for b in "grz")
+
+
 def test_flipped_bytes_that_still_decode_fail_the_files_checksum(broken_sky):
     root = str(broken_sky / "coadd")
     path = Path(coadd_file(root, BRICK, "image", "r"))
