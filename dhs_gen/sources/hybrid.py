@@ -52,11 +52,6 @@ CORE_SUPERSAMPLE = 16
 
 _SALT = "gen7_hybrid_v1"
 
-#: The smooth component's point samples and their pixel means are float32 (the renderer reads templates in
-#: float32, so 6e-8 relative is the precision a template has anyway): half the time of float64 powers and
-#: exponentials. Each pixel then sums to 1 in float64.
-TEMPLATE_SAMPLE_DTYPE = np.float32
-
 
 def _radius_pow(rows: np.ndarray, cols: np.ndarray, h: int, w: int, n_sersic: float, q: float, phi_rad: float,
                 supersample: int) -> np.ndarray:
@@ -64,14 +59,14 @@ def _radius_pow(rows: np.ndarray, cols: np.ndarray, h: int, w: int, n_sersic: fl
     offs = (np.arange(supersample) + 0.5) / supersample - 0.5
     ys = ((rows - (h - 1) / 2.0)[:, None] + offs[None, :]).ravel()
     xs = ((cols - (w - 1) / 2.0)[:, None] + offs[None, :]).ravel()
-    r2 = elliptical_r2_grid(ys, xs, q, phi_rad).astype(TEMPLATE_SAMPLE_DTYPE)
-    return np.power(r2, TEMPLATE_SAMPLE_DTYPE(0.5 / n_sersic), out=r2)
+    r2 = elliptical_r2_grid(ys, xs, q, phi_rad)
+    return np.power(r2, 0.5 / n_sersic, out=r2)
 
 
 def _sersic_at(r_pow: np.ndarray, scale: float, b_n: float) -> np.ndarray:
     """``exp(b_n - scale * R^(1/n))`` in one temporary."""
-    out = np.multiply(r_pow, r_pow.dtype.type(-scale))
-    out += r_pow.dtype.type(b_n)
+    out = np.multiply(r_pow, -scale)
+    out += b_n
     return np.exp(out, out=out)
 
 
@@ -115,7 +110,6 @@ def sersic_templates(h: int, w: int, re_pix_list, n_sersic: float, q: float, phi
             img = block_mean(_sersic_at(r_pow, scale, b_n), h, w, supersample)
             img[np.ix_(core_r, core_c)] = block_mean(_sersic_at(r_pow_core, scale, b_n), core_r.size, core_c.size,
                                                       CORE_SUPERSAMPLE)
-            img = img.astype(np.float64)
             done[re_pix] = img / img.sum()
         out.append(done[re_pix])
     return out
