@@ -117,8 +117,8 @@ def _noise_scale(band: np.ndarray) -> float:
     return mad if mad > 0 else float(np.std(v))
 
 
-def _noise_scales(img: np.ndarray) -> np.ndarray:
-    """:func:`_noise_scale` of every band of a (B, H, W) stamp.
+def noise_scales(img: np.ndarray) -> np.ndarray:
+    """The robust noise scale of every band of a (B, H, W) stamp (:func:`_noise_scale`: MAD, else std).
 
     A stamp without NaN or inf (the usual case) takes both medians of all bands in one call each: the
     same values, with a third of the calls' overhead.
@@ -199,6 +199,7 @@ def apply_domain_randomization_bands(
     psf_model: str = "moffat",
     moffat_beta: float = 3.5,
     max_kernel_size: int = 63,
+    noise_scale: Sequence[float] | None = None,
 ) -> dict[str, object]:
     """Apply the Gen8 artifacts to a multi-band stamp with shared geometry.
 
@@ -219,6 +220,9 @@ def apply_domain_randomization_bands(
         Moffat index (> 1).
     max_kernel_size : int
         Largest PSF kernel side, pixels; the kernel is also capped at the stamp size.
+    noise_scale : sequence of float, optional
+        ``noise_scales(stamp)`` when the caller has it already (one host under several rows); computed
+        here otherwise.
 
     Returns
     -------
@@ -233,6 +237,8 @@ def apply_domain_randomization_bands(
         fwhms = np.atleast_1d(np.asarray(psf_fwhm_pix, dtype=float)).ravel()
         psf_fwhm_pix = (np.repeat(fwhms, arr.shape[0]) if fwhms.size == 1 else fwhms).tolist()
     _validate_call(arr, psf_fwhm_pix, psf_model, moffat_beta, cfg, max_kernel_size)
+    if noise_scale is not None and len(noise_scale) != arr.shape[0]:
+        raise InvalidValueError("noise_scale", tuple(noise_scale), f"needs one value per band ({arr.shape[0]})")
     out_dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.dtype(np.float64)
     n_bands, h, w = arr.shape
     meta: dict[str, object] = {"bg_plane": None, "psf": None, "cosmic_ray": None, "sat_wings": None, "jitter": None}
@@ -254,7 +260,7 @@ def apply_domain_randomization_bands(
         return {"img": np.array(arr, dtype=out_dtype, copy=True), "meta": meta}
 
     img = arr.astype(np.float64)  # a copy: the input is never modified
-    noise = _noise_scales(img)
+    noise = noise_scales(img) if noise_scale is None else np.array(noise_scale, dtype=float)
     meta["noise_scale"] = [float(v) for v in noise]
 
     if do_bg:  # 1. background plane

@@ -37,7 +37,7 @@ from jobs.cutouts.host_images import crop_stamp
 from jobs.runtime import outputs, stage, storage
 from jobs.runtime.config import InjectionConfig, config_from_dict
 from jobs.runtime.schema import HOST_SCHEMA, MANIFEST_SCHEMA, STAMP_SCHEMA, decode_image
-from jobs.stages.render_row import rejected_row, render_row
+from jobs.stages.render_row import HostValues, rejected_row, render_row
 
 OUTPUT_BATCH_ROWS = 256  # one Parquet row group (~25 MB of stamps): bounded memory, fast reads
 _BANK_CACHE: dict = {}
@@ -68,16 +68,17 @@ def inject_rows(rows: Iterable[dict], cfg: InjectionConfig, coadd_root: str, git
         brick = load_brick(coadd_root, brick_name, tiles=True, n_stamps=len(hosts), stamp_size_pix=cfg.stamp_size_pix)
         # the rows of a host (grid, replicates, its control) are adjacent (task_id starts with the host) and
         # share one cut, kept until the next host; render_row never writes into it
-        cut_key, cutout = None, None
+        cut_key, cutout, host_values = None, None, None
         for row in brick_rows:
             try:
                 key = (row["ra"], row["dec"])
-                if key != cut_key:   # both change together, or (when the cut raises) neither
-                    cutout, cut_key = cut_stamp(brick, row["ra"], row["dec"], cfg.stamp_size_pix), key
-                yield render_row(row, cutout, cfg, banks, git_sha, arc_cache)
+                if key != cut_key:   # all change together, or (when the cut raises) none
+                    cut = cut_stamp(brick, row["ra"], row["dec"], cfg.stamp_size_pix)
+                    cutout, cut_key, host_values = cut, key, HostValues(cut) if cut.ok else None
+                yield render_row(row, cutout, cfg, banks, git_sha, arc_cache, host_values)
             except Exception as err:  # noqa: BLE001 - a row must never take the partition down
                 yield rejected_row(row, f"error:{type(err).__name__}:{err}"[:200], git_sha)
-        brick = cutout = None  # released before the next brick is loaded
+        brick = cutout = host_values = None  # released before the next brick is loaded
 
 
 #: Host columns joined onto manifest rows in 4c with --hosts: HOST_SCHEMA name -> joined name.

@@ -179,11 +179,12 @@ def arc_snr(arc: np.ndarray, invvar: np.ndarray) -> float:
     return float(np.sqrt(np.sum(arc.astype(np.float64) ** 2 * np.clip(invvar, 0, None))))
 
 
-def apply_artifacts(stamp: np.ndarray, profile: str, key: str, cfg: InjectionConfig):
+def apply_artifacts(stamp: np.ndarray, profile: str, key: str, cfg: InjectionConfig, noise_scale=None):
     """The row's Gen8 artifact profile, keyed by pair so a pair shares its artifacts; returns (stamp, meta).
 
     No PSF step here (``psf_fwhm_pix=None``): anisotropy went into the arc's PSF
-    (:func:`arc_psf_anisotropy`); the real cutout already carries its real PSF.
+    (:func:`arc_psf_anisotropy`); the real cutout already carries its real PSF. ``noise_scale``: the
+    stamp's own noise scales when known (a bare host shared by its rows).
     """
     if profile == "none":
         return stamp, {}
@@ -191,7 +192,7 @@ def apply_artifacts(stamp: np.ndarray, profile: str, key: str, cfg: InjectionCon
 
     out = apply_domain_randomization_bands(stamp, key, psf_fwhm_pix=None,
                                            cfg=artifact_config(profile, **cfg.artifact_overrides.get(profile, {})),
-                                           moffat_beta=cfg.moffat_beta or 3.5)
+                                           moffat_beta=cfg.moffat_beta or 3.5, noise_scale=noise_scale)
     return np.asarray(out["img"], dtype=np.float64), out["meta"]
 
 
@@ -203,18 +204,45 @@ def rejected_row(row: dict, reason: str, git_sha: str) -> dict:
             "git_sha": git_sha, "pipeline_version": PIPELINE_VERSION}
 
 
+class HostValues:
+    """What every row of one host shares, computed once for the host's rows (its grid, replicates and
+    controls) and never modified: the host stamp and invvar in float64, and, for rows that add nothing to
+    the host (controls), its noise scales and r-band depth."""
+
+    def __init__(self, cutout):
+        self.cutout = cutout
+        self.image = np.asarray(cutout.image, dtype=np.float64)
+        self.invvar = np.asarray(cutout.invvar, dtype=np.float64)
+        for a in (self.image, self.invvar):
+            a.setflags(write=False)
+        self._noise_scale = self._depth_r = None
+
+    def noise_scale(self):
+        if self._noise_scale is None:
+            from dhs_gen.augmentation.artifacts import noise_scales
+
+            self._noise_scale = noise_scales(self.image)
+        return self._noise_scale
+
+    def depth_r(self) -> float:
+        if self._depth_r is None:
+            self._depth_r = _depth_r(self.invvar)
+        return self._depth_r
+
+
 def render_row(row: dict, cutout, cfg: InjectionConfig, banks: dict, git_sha: str,
-               arc_cache: dict | None = None) -> dict:
+               arc_cache: dict | None = None, host_values: HostValues | None = None) -> dict:
     """Manifest row + its host cutout -> stamp row (schema ``jobs.runtime.schema.STAMP_SCHEMA``).
 
     ``arc_cache`` (pair_id -> (arc, template_id)) lets the injection and the hard negative of a pair,
     adjacent when rows are sorted by task_id, share one render; the arc is never modified in place.
+    ``host_values``: the :class:`HostValues` of ``cutout`` when the caller keeps them across the host's rows.
     """
     if not cutout.ok:
         return rejected_row(row, cutout.reject_reason, git_sha)
+    shared = host_values if host_values is not None and host_values.cutout is cutout else HostValues(cutout)
     fwhms = [float(f) for f in cutout.psf_fwhm_arcsec]
-    host = np.asarray(cutout.image, dtype=np.float64)
-    invvar = np.asarray(cutout.invvar, dtype=np.float64)
+    host, invvar = shared.image, shared.invvar
     mags = source_mags(row)
     out = {**row, "src_mag_g": mags["g"], "src_mag_z": mags["z"], "magnification": None,
            "arc_flux_g_nmgy": 0.0, "arc_flux_r_nmgy": 0.0, "arc_flux_z_nmgy": 0.0, "arc_snr": 0.0,
@@ -244,7 +272,9 @@ def render_row(row: dict, cutout, cfg: InjectionConfig, banks: dict, git_sha: st
             arc = azimuthal_shuffle(arc, key=row["pair_id"])
         noisy_arc, invvar = add_arc_photon_noise(arc, invvar, cfg.arc_gain_e_per_nmgy, row["task_id"])
         stamp = host + noisy_arc
-    stamp, art_meta = apply_artifacts(stamp, row["artifact_profile"], row["pair_id"], cfg)
+    bare = stamp is host and row["artifact_profile"] != "none"   # nothing added: the host's noise scales hold
+    stamp, art_meta = apply_artifacts(stamp, row["artifact_profile"], row["pair_id"], cfg,
+                                      noise_scale=shared.noise_scale() if bare else None)
     if psf_e is not None:
         art_meta = {**art_meta, "arc_psf_e1e2": list(psf_e)}
     if not np.all(np.isfinite(stamp)):
@@ -252,7 +282,8 @@ def render_row(row: dict, cutout, cfg: InjectionConfig, banks: dict, git_sha: st
     out.update(image=encode_image(stamp), invvar=encode_image(invvar), image_shape=list(stamp.shape),
                bands=BANDS, pixscale_arcsec=cfg.pixscale_arcsec,
                psf_fwhm_g_arcsec=fwhms[0], psf_fwhm_r_arcsec=fwhms[1], psf_fwhm_z_arcsec=fwhms[2],
-               psfdepth_r_nmgy=_depth_r(invvar), artifact_meta=json.dumps(art_meta, sort_keys=True, default=float),
+               psfdepth_r_nmgy=shared.depth_r() if invvar is shared.invvar else _depth_r(invvar),
+               artifact_meta=json.dumps(art_meta, sort_keys=True, default=float),
                cutout_ok=1, reject_reason=None, git_sha=git_sha, pipeline_version=PIPELINE_VERSION)
     return out
 
