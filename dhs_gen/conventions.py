@@ -116,17 +116,18 @@ def pixel_grid_arcsec(n_pix: int, pixscale_arcsec: float, supersample: int = 1):
 
 
 def block_mean(values: np.ndarray, n_rows: int, n_cols: int, supersample: int) -> np.ndarray:
-    """Mean of each pixel's ``supersample x supersample`` sub-pixels: (n_rows * s, n_cols * s) -> (n_rows, n_cols).
+    """Mean of each pixel's ``supersample x supersample`` sub-pixels: (..., n_rows * s, n_cols * s) -> (..., n_rows, n_cols).
 
-    The sub-pixel order of :func:`pixel_grid_arcsec`. Equal to ``reshape(n_rows, s, n_cols, s).mean(axis=(1, 3))``
-    up to the order of the additions (~1e-16 relative), and 5-10x faster: numpy reduces two strided axes of a 4-D
-    view one element at a time, while here the row sub-axis is a contiguous reduction and the column sub-axis
-    ``s`` strided additions of whole pixel rows.
+    The sub-pixel order of :func:`pixel_grid_arcsec`; leading axes are images averaged alike. Equal to
+    ``reshape(n_rows, s, n_cols, s).mean(axis=(1, 3))`` up to the order of the additions (~1e-16 relative),
+    and 5-10x faster: numpy reduces two strided axes of a 4-D view one element at a time, while here the
+    row sub-axis is a contiguous reduction and the column sub-axis ``s`` strided additions of whole pixel rows.
     """
     s = int(supersample)
-    rows_summed = values.reshape(n_rows, s, n_cols * s).sum(axis=1).reshape(n_rows, n_cols, s)
-    out = rows_summed[:, :, 0].copy()
+    lead = values.shape[:-2]
+    rows_summed = values.reshape(*lead, n_rows, s, n_cols * s).sum(axis=-2).reshape(*lead, n_rows, n_cols, s)
+    out = rows_summed[..., 0].copy()
     for j in range(1, s):
-        out += rows_summed[:, :, j]
+        out += rows_summed[..., j]
     out /= s * s
     return out

@@ -60,12 +60,15 @@ def _radius_pow(rows: np.ndarray, cols: np.ndarray, h: int, w: int, n_sersic: fl
     ys = ((rows - (h - 1) / 2.0)[:, None] + offs[None, :]).ravel()
     xs = ((cols - (w - 1) / 2.0)[:, None] + offs[None, :]).ravel()
     r2 = elliptical_r2_grid(ys, xs, q, phi_rad)
-    return np.power(r2, 0.5 / n_sersic, out=r2)
+    with np.errstate(divide="ignore"):   # R = 0 (a sample on the centre, odd supersampling): log -inf, exp 0
+        np.log(r2, out=r2)   # R^(1/n) as exp(log(R^2) / 2n): two vectorised calls, a third of a pow's time
+    r2 *= 0.5 / n_sersic
+    return np.exp(r2, out=r2)
 
 
-def _sersic_at(r_pow: np.ndarray, scale: float, b_n: float) -> np.ndarray:
-    """``exp(b_n - scale * R^(1/n))`` in one temporary."""
-    out = np.multiply(r_pow, -scale)
+def _sersic_at(r_pow: np.ndarray, scales: np.ndarray, b_n: float) -> np.ndarray:
+    """``exp(b_n - scale * R^(1/n))`` for every scale: (len(scales),) + r_pow.shape, in one temporary."""
+    out = np.multiply.outer(-scales, r_pow)
     out += b_n
     return np.exp(out, out=out)
 
@@ -103,16 +106,14 @@ def sersic_templates(h: int, w: int, re_pix_list, n_sersic: float, q: float, phi
     r_pow = _radius_pow(rows, cols, h, w, n_sersic, q, phi_rad, supersample)
     r_pow_core = _radius_pow(rows[core_r], cols[core_c], h, w, n_sersic, q, phi_rad, CORE_SUPERSAMPLE)
     b_n = sersic_b_n(n_sersic)
-    out, done = [], {}
-    for re_pix in re_pix_list:
-        if re_pix not in done:
-            scale = b_n / float(re_pix) ** (1.0 / n_sersic)  # b_n (R/re)^(1/n) = scale * R^(1/n)
-            img = block_mean(_sersic_at(r_pow, scale, b_n), h, w, supersample)
-            img[np.ix_(core_r, core_c)] = block_mean(_sersic_at(r_pow_core, scale, b_n), core_r.size, core_c.size,
-                                                      CORE_SUPERSAMPLE)
-            done[re_pix] = img / img.sum()
-        out.append(done[re_pix])
-    return out
+    sizes = list(dict.fromkeys(float(r) for r in re_pix_list))   # each distinct size once, all in one pass
+    scales = np.array([b_n / r ** (1.0 / n_sersic) for r in sizes])  # b_n (R/re)^(1/n) = scale * R^(1/n)
+    imgs = block_mean(_sersic_at(r_pow, scales, b_n), h, w, supersample)
+    imgs[np.ix_(np.arange(len(sizes)), core_r, core_c)] = block_mean(_sersic_at(r_pow_core, scales, b_n), core_r.size,
+                                                                     core_c.size, CORE_SUPERSAMPLE)
+    imgs /= imgs.sum(axis=(1, 2), keepdims=True)
+    by_size = dict(zip(sizes, imgs, strict=True))
+    return [by_size[float(r)] for r in re_pix_list]
 
 
 def sersic_template(h: int, w: int, re_pix: float, n_sersic: float, q: float, phi_rad: float,
@@ -137,11 +138,26 @@ def gaussian_clump(h: int, w: int, x0_pix: float, y0_pix: float, sigma_pix: floa
     -------
     ndarray (h, w), float64, flux per pixel (sums to 1 when the clump lies inside the grid).
     """
-    def axis_weights(n, c0):
-        edges = np.arange(n + 1) - 0.5 - (n - 1) / 2.0 - c0
-        return np.diff(special.erf(edges / (math.sqrt(2.0) * sigma_pix))) / 2.0
+    return np.outer(_clump_axis_weights(h, y0_pix, sigma_pix), _clump_axis_weights(w, x0_pix, sigma_pix))
 
-    return np.outer(axis_weights(h, y0_pix), axis_weights(w, x0_pix))
+
+def _clump_axis_weights(n: int, c0, sigma_pix) -> np.ndarray:
+    """Fraction of a unit Gaussian (centre ``c0`` pixels from the grid centre) in each of ``n`` pixels along
+    one axis; ``c0`` and ``sigma_pix`` may be arrays (one row of weights per clump)."""
+    c0, sigma = np.asarray(c0, dtype=float)[..., None], np.asarray(sigma_pix, dtype=float)[..., None]
+    edges = np.arange(n + 1) - 0.5 - (n - 1) / 2.0 - c0
+    return np.diff(special.erf(edges / (math.sqrt(2.0) * sigma)), axis=-1) / 2.0
+
+
+def clumps_image(h: int, w: int, clumps) -> np.ndarray:
+    """``sum flux_frac * gaussian_clump(...)`` over ``clumps`` (dicts of :func:`generate_hybrid_source`'s meta)
+    as one matrix product of the clumps' row and column weights: (h, w) float64."""
+    if not clumps:
+        return np.zeros((h, w))
+    sigma = [c["sigma_pix"] for c in clumps]
+    rows = _clump_axis_weights(h, [c["y_pix"] for c in clumps], sigma)
+    rows *= np.array([c["flux_frac"] for c in clumps])[:, None]
+    return rows.T @ _clump_axis_weights(w, [c["x_pix"] for c in clumps], sigma)
 
 
 def _validate(h, w, re_pix, n_sersic, q, n_clumps_range, clump_sigma_pix_range, clump_flux_frac_range,
@@ -236,9 +252,7 @@ def generate_hybrid_source(
         y0 = math.sin(phi) * xp + math.cos(phi) * yp
         clumps.append({"x_pix": x0, "y_pix": y0, "sigma_pix": sigma, "flux_frac": frac, "radius_re": u})
 
-    clump_img = np.zeros((H, W))
-    for c in clumps:
-        clump_img += c["flux_frac"] * gaussian_clump(H, W, c["x_pix"], c["y_pix"], c["sigma_pix"])
+    clump_img = clumps_image(H, W, clumps)
 
     re_band = {b: re_pix * math.exp(GRADIENT_SIGN[b] * gradient_strength / 2.0) for b in BANDS}
     smooth = sersic_templates(H, W, [re_band[b] for b in BANDS], n_sersic, q, phi, supersample)
