@@ -85,22 +85,31 @@ def arc_psf_anisotropy(row: dict) -> tuple[float, float]:
     return float(e1 * scale), float(e2 * scale)
 
 
-def _sersic_sources(row, fluxes, cfg):
+def source_centre(row: dict, lens_offset_arcsec=(0.0, 0.0)) -> tuple[float, float]:
+    """The source-plane centre of the row's source, arcsec: the source plane is centred on the lens, so the
+    source moves with the lens offset."""
+    x, y = row["src_x_arcsec"], row["src_y_arcsec"]
+    if tuple(lens_offset_arcsec) == (0.0, 0.0):
+        return x, y
+    return x + lens_offset_arcsec[0], y + lens_offset_arcsec[1]
+
+
+def _sersic_sources(row, fluxes, cfg, centre):
     from dhs_gen.sources.profiles import SersicSource
 
     return [SersicSource(flux=f, r_eff=row["src_r_eff_arcsec"], n=row["src_n_sersic"], e1=row["src_e1"],
-                         e2=row["src_e2"], center_x=row["src_x_arcsec"], center_y=row["src_y_arcsec"])
+                         e2=row["src_e2"], center_x=centre[0], center_y=centre[1])
             for f in fluxes], "sersic"
 
 
-def _template_sources(images, pixscale, row, fluxes):
+def _template_sources(images, pixscale, centre, fluxes):
     from dhs_gen.sources.profiles import TemplateSource
 
-    return [TemplateSource(image=img, pixscale=pixscale, flux=f, center_x=row["src_x_arcsec"],
-                           center_y=row["src_y_arcsec"]) for img, f in zip(images, fluxes, strict=True)]
+    return [TemplateSource(image=img, pixscale=pixscale, flux=f, center_x=centre[0], center_y=centre[1])
+            for img, f in zip(images, fluxes, strict=True)]
 
 
-def _hybrid_sources(row, fluxes, cfg):
+def _hybrid_sources(row, fluxes, cfg, centre):
     from dhs_gen.conventions import q_phi_from_ellipticity
     from dhs_gen.sources.hybrid import generate_hybrid_source
 
@@ -114,26 +123,27 @@ def _hybrid_sources(row, fluxes, cfg):
         clump_sigma_pix_range=tuple(s.hybrid_clump_sigma_tpix), clump_flux_frac_range=tuple(s.hybrid_clump_flux_frac),
         gradient_strength=s.hybrid_gradient, normalize_sum=True, supersample=TEMPLATE_PIXEL_SUPERSAMPLE)
     images = [result["bands"][b] for b in BANDS]
-    return _template_sources(images, tpix, row, fluxes), f"hybrid:{row['pair_id']}"
+    return _template_sources(images, tpix, centre, fluxes), f"hybrid:{row['pair_id']}"
 
 
-def _bank_sources(row, fluxes, bank):
+def _bank_sources(row, fluxes, bank, centre):
     template = bank.pick(row["pair_id"])
-    return _template_sources(list(template.images), template.pixscale_arcsec, row, fluxes), template.template_id
+    return _template_sources(list(template.images), template.pixscale_arcsec, centre, fluxes), template.template_id
 
 
-def build_sources(row: dict, cfg: InjectionConfig, banks: dict):
-    """Per-band source objects for the row's ``source_mode``, and the template id used."""
+def build_sources(row: dict, cfg: InjectionConfig, banks: dict, lens_offset_arcsec=(0.0, 0.0)):
+    """Per-band source objects for the row's ``source_mode`` at :func:`source_centre`, and the template id used."""
     fluxes = [float(mag_to_nmgy(m)) for m in source_mags(row).values()]
+    centre = source_centre(row, lens_offset_arcsec)
     mode = row["source_mode"]
     if mode == "sersic":
-        return _sersic_sources(row, fluxes, cfg)
+        return _sersic_sources(row, fluxes, cfg, centre)
     if mode == "hybrid":
-        return _hybrid_sources(row, fluxes, cfg)
+        return _hybrid_sources(row, fluxes, cfg, centre)
     if mode in ("cosmos", "deep"):
         if banks.get(mode) is None:
             raise KeyError(f"no {mode} bank configured")
-        return _bank_sources(row, fluxes, banks[mode])
+        return _bank_sources(row, fluxes, banks[mode], centre)
     raise KeyError(f"unknown source_mode {mode!r}")
 
 
@@ -145,20 +155,10 @@ def render_arc_for_row(row: dict, psfs, cfg: InjectionConfig, banks: dict, lens_
     lens = SIEShear(theta_e=row["theta_e_arcsec"], e1=row["lens_e1"], e2=row["lens_e2"],
                     gamma1=row["shear_gamma1"], gamma2=row["shear_gamma2"],
                     center_x=lens_offset_arcsec[0], center_y=lens_offset_arcsec[1])
-    sources, template_id = build_sources(row, cfg, banks)
-    # the source plane is centred on the lens: shift the source centre with the lens
-    sources = [_shift(s, lens_offset_arcsec) for s in sources]
+    sources, template_id = build_sources(row, cfg, banks, lens_offset_arcsec)
     result = render_arc_bands(lens, sources, psfs, cfg.stamp_size_pix, cfg.pixscale_arcsec,
                               supersample=cfg.supersample, engine=cfg.engine)
     return np.asarray(result.images, dtype=np.float64), template_id
-
-
-def _shift(source, offset):
-    import dataclasses
-
-    if offset == (0.0, 0.0):
-        return source
-    return dataclasses.replace(source, center_x=source.center_x + offset[0], center_y=source.center_y + offset[1])
 
 
 def add_arc_photon_noise(arc: np.ndarray, invvar: np.ndarray, gains, key: str):
