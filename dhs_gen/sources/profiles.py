@@ -254,15 +254,23 @@ class TemplateSource:
         return self.image * (self.flux / (self.image.sum() * self.pixscale**2))
 
     @cached_property
-    def _padded_sb(self) -> dict:
-        """``sb_image`` with two rings of zeros (clipped lookups beyond the support land on zeros), by dtype:
-        the float32 render path reads a float32 copy (half the memory traffic; 6e-8 relative rounding, the
-        precision of its float32 output), the exact float64 path the float64 original."""
+    def _padded_sb64(self) -> np.ndarray:
+        """``sb_image`` with two rings of zeros: clipped lookups beyond the support land on zeros."""
         padded = np.pad(self.sb_image, _TEMPLATE_PAD)
-        by_dtype = {np.dtype(np.float64): padded, np.dtype(np.float32): padded.astype(np.float32)}
-        for a in by_dtype.values():
-            a.setflags(write=False)
-        return by_dtype
+        padded.setflags(write=False)
+        return padded
+
+    @cached_property
+    def _padded_sb32(self) -> np.ndarray:
+        """:attr:`_padded_sb64` in float32, for the float32 render path: half the memory traffic, and 6e-8
+        relative rounding, the precision of that path's output."""
+        padded = self._padded_sb64.astype(np.float32)
+        padded.setflags(write=False)
+        return padded
+
+    def padded_sb(self, dtype) -> np.ndarray:
+        """The zero-padded surface-brightness image in ``dtype`` (float32 or float64)."""
+        return self._padded_sb32 if np.dtype(dtype) == np.float32 else self._padded_sb64
 
     def frame_matrix(self) -> np.ndarray:
         """(2, 3): ``(U, V)`` template pixels along its rotated axes, from the template centre, from ``(x, y, 1)``."""
@@ -304,12 +312,15 @@ class TemplateSource:
         ``uv`` (P, 2, n) as :meth:`SersicSource.frame_sb`; returns (P, n) in the dtype of ``uv``.
         """
         out = np.empty(uv[:, 0].shape, dtype=uv.dtype)
-        same_frame: dict = {}  # templates of one geometry have identical (u, v): one set of bilinear indices
+        same_frame: dict = {}  # templates of one geometry read at one (u, v) share one set of bilinear indices
         for p, src in enumerate(sources):
-            same_frame.setdefault(src.frame_key(), []).append(p)
+            key = src.frame_key()
+            while key in same_frame and not np.array_equal(uv[same_frame[key][0]], uv[p]):
+                key = (key, "read elsewhere")   # the same frame at other positions (another lens): its own group
+            same_frame.setdefault(key, []).append(p)
         for members in same_frame.values():
             p0 = members[0]
-            out[members] = _bilinear_padded([sources[p]._padded_sb[uv.dtype] for p in members], uv[p0, 0], uv[p0, 1])
+            out[members] = _bilinear_padded([sources[p].padded_sb(uv.dtype) for p in members], uv[p0, 0], uv[p0, 1])
         return out
 
     def lenstronomy(self) -> tuple[str, dict]:

@@ -1,7 +1,7 @@
 """Read DR10-layout coadd bricks and cut grz stamps (stage 4c, inside Spark partitions).
 
-A brick is read once per partition through :func:`jobs.runtime.storage.open_input` (local paths and
-``s3://`` alike): for each band ``image``, ``invvar`` and ``psfsize`` (float32), plus the brick's
+A brick is read once per partition with fitsio (cfitsio; an ``s3://`` file is first copied to a temporary
+file): for each band ``image``, ``invvar`` and ``psfsize`` (float32), plus the brick's
 ``maskbits`` (int32) and its TAN WCS, from
 ``<root>/<bri>/<brick>/legacysurvey-<brick>-{image,invvar,psfsize}-<band>.fits.fz`` and
 ``legacysurvey-<brick>-maskbits.fits.fz``.
@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -186,6 +186,14 @@ class TileReader:
         self._file.close()           # the decompressed image is all that is needed now
         self._file = self._hdu = None
 
+    @staticmethod
+    def _section(key: slice, n: int) -> slice:
+        """``key`` as a forward, in-bounds slice of an axis of length ``n`` (what a section read takes)."""
+        start, stop, step = key.indices(n)
+        if step != 1 or start < 0 or stop < start:
+            raise ValueError(f"a TileReader section must be a forward slice with step 1 (got {key!r})")
+        return slice(start, stop)
+
     def __getitem__(self, key):
         if self._whole is not None:
             return self._whole[key]
@@ -193,8 +201,9 @@ class TileReader:
         point = isinstance(rows, int | np.integer) and isinstance(cols, int | np.integer)
         if point:   # one pixel: a 1x1 section
             rows, cols = slice(int(rows), int(rows) + 1), slice(int(cols), int(cols) + 1)
-        rows = slice(*rows.indices(self.shape[0])[:2])
-        cols = slice(*cols.indices(self.shape[1])[:2])
+        if not (isinstance(rows, slice) and isinstance(cols, slice)):
+            raise TypeError(f"a TileReader reads [iy, ix] or [y0:y1, x0:x1], not {key!r}")
+        rows, cols = (self._section(k, n) for k, n in ((rows, self.shape[0]), (cols, self.shape[1])))
         self._rows_read += rows.stop - rows.start
         if not self._sections_only and self._rows_read >= WHOLE_READ_AFTER_ROW_FRACTION * self.shape[0]:
             try:
@@ -212,23 +221,23 @@ _CFITSIO_SYNTAX = frozenset("[]")
 
 @contextmanager
 def _local_file(uri: str):
-    """A local path holding the bytes of ``uri`` that cfitsio reads as a plain file name: the file itself, a
-    temporary link to it when its path has brackets, or for ``s3://`` a temporary copy. Links and copies are
+    """A local path holding the bytes of ``uri`` that cfitsio reads as a plain file name: the file itself (for
+    ``s3://``, a temporary copy), through a temporary link when its path has brackets. Links and copies are
     removed on exit (a file cfitsio has opened stays readable after its name is removed)."""
-    if storage.is_s3(uri):
-        with storage.open_input(uri) as f, tempfile.NamedTemporaryFile(suffix=".fits.fz") as tmp:
-            shutil.copyfileobj(f, tmp)
+    with ExitStack() as stack:
+        if storage.is_s3(uri):
+            tmp = stack.enter_context(tempfile.NamedTemporaryFile(suffix=".fits.fz"))
+            with storage.open_input(uri) as f:
+                shutil.copyfileobj(f, tmp)
             tmp.flush()
-            yield tmp.name
-        return
-    path = storage.resolve(uri)[1]
-    if not _CFITSIO_SYNTAX & set(path):
+            path = tmp.name
+        else:
+            path = storage.resolve(uri)[1]
+        if _CFITSIO_SYNTAX & set(path):
+            link = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="dhs-fits-")), "file.fits.fz")
+            os.symlink(os.path.abspath(path), link)
+            path = link
         yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="dhs-fits-") as tmp:
-        link = os.path.join(tmp, "file.fits.fz")
-        os.symlink(os.path.abspath(path), link)
-        yield link
 
 
 def _verify_checksums(hdu) -> None:
@@ -256,6 +265,8 @@ def _read_fits_image(uri: str, dtype=None, expected_rows: int = 0, label: str = 
 
     Files that carry ``CHECKSUM`` / ``DATASUM`` (real DR10 files do) are verified on opening, every HDU
     up to the image: flipped bytes that still decode raise a checksum mismatch instead of becoming wrong pixels.
+    Truncated, garbage, bit-flipped and tile-damaged files all raise (tested); a file that crashed cfitsio itself
+    would take its worker down instead, and Spark would retry the task and then fail the job.
     """
     import fitsio
 
@@ -281,11 +292,18 @@ def _read_fits_image(uri: str, dtype=None, expected_rows: int = 0, label: str = 
 
 
 def _astropy_header(header):
-    """``astropy.io.fits.Header`` of a fitsio header's cards (what :class:`astropy.wcs.WCS` reads)."""
+    """``astropy.io.fits.Header`` of a fitsio header's cards (what :class:`astropy.wcs.WCS` reads). A tile-compressed
+    HDU's header is its table's: its image's axes (``ZNAXISn``, ``ZBITPIX``) replace the table's, so that a WCS
+    built from it has the image's ``pixel_shape``."""
     from astropy.io import fits
 
     cards = "".join(r["card_string"].ljust(80)[:80] for r in header.records() if r.get("card_string"))
-    return fits.Header.fromstring(cards)
+    out = fits.Header.fromstring(cards)
+    if out.get("ZIMAGE"):
+        for key in ("BITPIX", *(f"NAXIS{i}" for i in range(1, int(out.get("ZNAXIS", 0)) + 1)), "NAXIS"):
+            if f"Z{key}" in out:
+                out[key] = out[f"Z{key}"]
+    return out
 
 
 def _load(brick: CoaddBrick, key: str, uri: str, dtype=None, expected_rows: int = 0):

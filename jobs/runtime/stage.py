@@ -147,7 +147,7 @@ def balanced_runs(weights: list[int], n: int) -> list[range]:
     total, runs, start, acc, k = sum(weights), [], 0, 0, 1
     for i, w in enumerate(weights):
         acc += w
-        if acc * n >= k * total and i + 1 < len(weights):
+        if acc * n >= k * total and i + 1 < len(weights) and len(runs) < n - 1:
             runs.append(range(start, i + 1))
             start = i + 1
             while acc * n >= k * total:

@@ -6,8 +6,9 @@
 Everything else (generation config, bank paths) comes from the manifest's own
 ``_manifest.json``, so these arguments alone re-run the stage. The driver cuts the bricks (in name
 order) into at most ``--partitions`` runs of similar row counts from the manifest's own parts; each
-task reads the rows of its bricks (no shuffle), loads each brick once and holds one brick plus one
-output batch in memory, whatever the partition size. Each manifest row gives exactly one output
+task reads the rows of its bricks (no shuffle; at most ``TASK_READ_ROWS`` manifest rows at a time), loads
+each brick once and holds one brick plus one output batch of stamps in memory, whatever the partition
+size. Each manifest row gives exactly one output
 row: bad data (missing band, corrupt FITS, off the brick edge, NaN pixels) gives a row with
 ``cutout_ok = 0`` and a ``reject_reason``, never a crash or a loss.
 
@@ -29,6 +30,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dhs_gen.errors import InvalidValueError
 from jobs.cutouts.coadds import HostStamp
@@ -173,7 +175,9 @@ def check_manifest_parts(manifest_uri: str, m: dict) -> dict[str, Counter]:
                                     f"holds {len(ids)} rows, its _manifest.json records {recorded[name]}")
         hashes.append(pd.util.hash_array(ids.astype(object)))
         ids_of[uri] = ids
-        bricks_of[uri] = Counter(cols.column("brickname").to_pylist())
+        counts = pc.value_counts(cols.column("brickname"))
+        bricks_of[uri] = Counter(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
+                                          strict=True)))
     if not hashes:
         return bricks_of
     h = np.concatenate(hashes)
@@ -189,9 +193,24 @@ def check_manifest_parts(manifest_uri: str, m: dict) -> dict[str, Counter]:
     return bricks_of
 
 
+#: Manifest rows a 4c task reads at once (~10 MB): it reads its bricks in runs of whole bricks up to this many
+#: rows, so a task's memory stays bounded whatever its number of bricks.
+TASK_READ_ROWS = 20_000
+
+
+def bricks_are_grouped(bricks_of: dict[str, Counter]) -> bool:
+    """Whether every brick's rows are in one part (as 4a writes them), so a task reads only its bricks' parts."""
+    seen: set = set()
+    for counts in bricks_of.values():
+        if seen & counts.keys():
+            return False
+        seen |= counts.keys()
+    return True
+
+
 def brick_tasks(bricks_of: dict[str, Counter], partitions: int) -> list[bytes]:
     """4c's tasks as :func:`jobs.runtime.stage.task_frame` payloads: the bricks in name order cut into at most
-    ``partitions`` runs of similar row counts, each with the manifest parts that hold its rows.
+    ``partitions`` runs of similar row counts, each brick with its row count and the manifest parts holding it.
 
     Every brick is in exactly one task (its brick is loaded once); a manifest written by 4a holds whole
     bricks per part in brick order, so a task reads one or two parts.
@@ -202,23 +221,37 @@ def brick_tasks(bricks_of: dict[str, Counter], partitions: int) -> list[bytes]:
             rows[brick] += n
             parts.setdefault(brick, []).append(uri)
     bricks = sorted(rows, key=lambda b: (b is None, b or ""))   # a row without a brick is rejected in its task
-    return [json.dumps({"bricks": run, "parts": sorted({u for b in run for u in parts[b]})}).encode()
-            for run in ([bricks[i] for i in r] for r in stage.balanced_runs([rows[b] for b in bricks], partitions))]
+    return [json.dumps({"bricks": [[bricks[i], rows[bricks[i]], sorted(parts[bricks[i]])] for i in run]}).encode()
+            for run in stage.balanced_runs([rows[b] for b in bricks], partitions)]
 
 
-def read_task_rows(task: dict) -> pa.Table:
-    """The manifest rows of one :func:`brick_tasks` task, in 4c's order: split, brick, task_id (a brick's rows
-    together, and each split's rows together for one-split row groups). Row groups of other bricks are
-    skipped by their statistics."""
+def task_row_chunks(task: dict) -> Iterator[pa.Table]:
+    """The manifest rows of one :func:`brick_tasks` task, in runs of whole bricks of at most TASK_READ_ROWS rows
+    (a bigger brick alone), each sorted split, brick, task_id (each brick's rows together when the split is
+    the brick's, and each split's rows together for one-split row groups)."""
+    run, n = [], 0
+    for brick, count, parts in task["bricks"]:
+        if run and n + count > TASK_READ_ROWS:
+            yield _read_bricks(run)
+            run, n = [], 0
+        run.append((brick, parts))
+        n += count
+    if run:
+        yield _read_bricks(run)
+
+
+def _read_bricks(bricks: list) -> pa.Table:
+    """The rows of ``bricks`` ((name or None, [part uris]) pairs), sorted; other bricks' row groups are skipped
+    by their statistics."""
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    named = [b for b in task["bricks"] if b is not None]
-    wanted = ds.field("brickname").isin(named)
-    if len(named) < len(task["bricks"]):
+    names = [b for b, _ in bricks if b is not None]
+    wanted = ds.field("brickname").isin(pa.array(names, pa.string()))
+    if len(names) < len(bricks):
         wanted = wanted | ds.field("brickname").is_null()
     tables = []
-    for uri in task["parts"]:
+    for uri in sorted({u for _, parts in bricks for u in parts}):
         fs, path = storage.resolve(uri)
         tables.append(pq.read_table(path, filesystem=fs, filters=wanted).cast(MANIFEST_SCHEMA))
     table = pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
@@ -227,11 +260,11 @@ def read_task_rows(task: dict) -> pa.Table:
 
 def inject_tasks(batches: Iterable[pa.RecordBatch], cfg: InjectionConfig, coadd_root: str,
                  git_sha: str) -> Iterator[pa.Table]:
-    """:func:`brick_tasks` payloads -> Arrow stamp tables (:func:`inject_batches` over each task's rows)."""
+    """:func:`brick_tasks` payloads -> Arrow stamp tables (:func:`inject_batches` over each run of a task's rows)."""
     for batch in batches:
         for payload in batch.column("payload").to_pylist():
-            rows = read_task_rows(json.loads(payload))
-            yield from inject_batches(rows.to_batches(max_chunksize=OUTPUT_BATCH_ROWS), cfg, coadd_root, git_sha)
+            for rows in task_row_chunks(json.loads(payload)):
+                yield from inject_batches(rows.to_batches(max_chunksize=OUTPUT_BATCH_ROWS), cfg, coadd_root, git_sha)
 
 
 def resolve_coadd_root(coadds_uri: str) -> str:
@@ -273,15 +306,24 @@ def run(manifest_uri: str, coadds_uri: str | None, out_uri: str, partitions: int
         df = df.select(*MANIFEST_SCHEMA.names, *HOST_JOIN_COLUMNS.values())
         df = df.repartition(partitions, "host_id").sortWithinPartitions("split", "host_id", "task_id")
         process = lambda b: inject_batches(b, cfg, None, git_sha)   # noqa: E731
-    else:
+    elif bricks_are_grouped(bricks_of):
         # The driver cuts the bricks into tasks from the row counts it has just read (brick_tasks): no
         # shuffle of the manifest, no sampling job, and each task reads its own bricks' rows.
-        df = stage.task_frame(spark, brick_tasks(bricks_of, partitions))
+        tasks = brick_tasks(bricks_of, partitions)
+        df = stage.task_frame(spark, tasks)
         process = lambda b: inject_tasks(b, cfg, coadd_root, git_sha)   # noqa: E731
+    else:
+        # A manifest whose parts mix bricks (written before 4a planned by brick): every task would read every
+        # part, so Spark shuffles the rows by brick instead (range partitions of whole bricks).
+        print("[4c inject] the manifest's parts mix bricks: shuffling its rows by brick "
+              "(re-run `dhs manifest` to write whole bricks per part and skip this)", file=sys.stderr)
+        df = read_dataset_df(spark, manifest_uri).repartitionByRange(partitions, "brickname")
+        df = df.sortWithinPartitions("split", "brickname", "task_id")
+        process = lambda b: inject_batches(b, cfg, coadd_root, git_sha)   # noqa: E731
     run_id, reports = stage.run_partitions(df, process, out_uri, STAMP_SCHEMA)
     seconds = time.perf_counter() - t0
     summary = stage.summarize(reports)
-    extra = {"partitions": partitions, "task_seconds": sum(r["seconds"] for r in reports),
+    extra = {"partitions": partitions, "tasks": len(reports), "task_seconds": sum(r["seconds"] for r in reports),
              "peak_worker_rss_mb": summary["peak_rss_mb"],
              "stamps_per_s": summary["rows_total"] / seconds if seconds else None}
     manifest = stage.commit_stage("4c_inject", out_uri, run_id, reports, m["config"],

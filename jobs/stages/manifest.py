@@ -191,18 +191,26 @@ def plan_batches(batches: Iterable[pa.RecordBatch], cfg: InjectionConfig, config
 HOSTS_PER_ROW_GROUP = 64
 
 
+#: Hosts shipped to one 4a task at most (~10 MB of host rows in its task payload): more hosts than
+#: ``partitions`` times this are cut into more runs (Spark warns of large tasks and refuses any over its RPC limit).
+MAX_HOSTS_PER_TASK = 100_000
+
+
 def brick_runs(hosts: pa.Table, partitions: int) -> list[pa.Table]:
-    """The hosts in brick order, cut into at most ``partitions`` runs of whole bricks with similar host counts.
+    """The hosts in brick order, cut into runs of whole bricks with similar host counts: ``partitions`` runs, or
+    more when a run would exceed :data:`MAX_HOSTS_PER_TASK` hosts.
 
     Each run becomes one manifest part, so a part holds whole bricks in order and a 4c task, which
-    takes a run of whole bricks, reads one or two parts instead of every part.
+    takes a run of whole bricks, reads one or two parts instead of every part. Hosts without a brick
+    (cutouts without a position) come last and may be cut anywhere.
     """
     hosts = hosts.sort_by([("brickname", "ascending")])   # stable: a brick's hosts keep their input order
     bricks = hosts.column("brickname").to_pylist()
-    starts = [i for i in range(len(bricks)) if i == 0 or bricks[i] != bricks[i - 1]] + [len(bricks)]
+    starts = [i for i in range(len(bricks)) if i == 0 or bricks[i] is None or bricks[i] != bricks[i - 1]]
+    starts.append(len(bricks))
     counts = [b - a for a, b in zip(starts[:-1], starts[1:], strict=True)]
-    return [hosts.slice(starts[r.start], starts[r.stop] - starts[r.start])
-            for r in stage.balanced_runs(counts, partitions)]
+    n_runs = max(int(partitions), math.ceil(len(bricks) / MAX_HOSTS_PER_TASK))
+    return [hosts.slice(starts[r.start], starts[r.stop] - starts[r.start]) for r in stage.balanced_runs(counts, n_runs)]
 
 
 def plan_payloads(batches: Iterable[pa.RecordBatch], cfg: InjectionConfig, config_hash: str) -> Iterator[pa.Table]:

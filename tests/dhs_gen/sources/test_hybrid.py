@@ -190,3 +190,14 @@ def test_invalid_inputs_raise_named_errors(kwargs, err):
     name = next(iter(kwargs))
     assert name in str(info.value)
     assert type(pickle.loads(pickle.dumps(info.value))) is err
+
+
+def test_clumps_image_is_the_sum_of_its_gaussian_clumps():
+    from dhs_gen.sources.hybrid import clumps_image, gaussian_clump
+
+    clumps = [{"x_pix": 3.2, "y_pix": -1.1, "sigma_pix": 0.9, "flux_frac": 0.2},
+              {"x_pix": -6.0, "y_pix": 4.4, "sigma_pix": 1.7, "flux_frac": 0.05},
+              {"x_pix": 0.0, "y_pix": 0.0, "sigma_pix": 1.2, "flux_frac": 0.11}]
+    expected = sum(c["flux_frac"] * gaussian_clump(30, 26, c["x_pix"], c["y_pix"], c["sigma_pix"]) for c in clumps)
+    np.testing.assert_allclose(clumps_image(30, 26, clumps), expected, rtol=1e-12, atol=1e-18)
+    assert not clumps_image(30, 26, []).any()

@@ -183,3 +183,16 @@ def test_bad_source_inputs_raise_named_picklable_errors(make, name):
     assert isinstance(info.value, (RangeError, InvalidValueError))
     assert name in str(info.value)
     assert str(pickle.loads(pickle.dumps(info.value))) == str(info.value)
+
+
+def test_template_bands_share_lookups_only_where_they_read_the_same_positions():
+    """Bands of one template geometry read at one (u, v) share their bilinear indices; the same geometry read at
+    other positions (another lens in one call) is looked up on its own: each row equals a call of its own."""
+    rng = np.random.default_rng(3)
+    images = [rng.random((20, 24)) + 0.1 for _ in range(3)]
+    srcs = [TemplateSource(img, 0.05, 1.0 + k, 0.1, -0.2, 0.3) for k, img in enumerate(images)]
+    uv = rng.uniform(-14.0, 14.0, (3, 2, 500)).astype(np.float32)
+    uv[1] = uv[0]                       # bands 0 and 1 read at the same positions, band 2 elsewhere
+    got = TemplateSource.frame_sb(srcs, uv.copy())
+    for p, src in enumerate(srcs):
+        np.testing.assert_array_equal(got[p], TemplateSource.frame_sb([src], uv[p:p + 1].copy())[0])

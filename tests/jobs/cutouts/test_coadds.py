@@ -165,6 +165,7 @@ def test_wcs_position_matches_astropy_and_the_truth(noisy_sky):
     brick = load_brick(str(noisy_sky / "coadd"), BRICK)
     header = fits.getheader(coadd_file(str(noisy_sky / "coadd"), BRICK, "image", "r"), 1)
     wcs = WCS(header)
+    assert brick.wcs.pixel_shape == wcs.pixel_shape == brick.shape[::-1]   # the image's axes, not its table's
     for r in _objects(noisy_sky).query("kind == 'lrg'").itertuples():
         c = cut_stamp(brick, r.ra, r.dec, 64)
         x, y = wcs.all_world2pix([[r.ra, r.dec]], 0)[0]
@@ -284,6 +285,15 @@ def test_a_coadd_root_with_brackets_in_its_path_reads_like_any_other(noisy_sky, 
     here, there = load_brick(str(noisy_sky / "coadd"), BRICK), load_brick(str(odd), BRICK)
     assert there.problems == {} and np.array_equal(there.maskbits, here.maskbits)
     assert all(np.array_equal(there.image[b], here.image[b]) for b in "grz")
+
+
+def test_tile_reader_refuses_keys_it_cannot_read_as_a_section(noisy_sky):
+    brick = load_brick(str(noisy_sky / "coadd"), BRICK, tiles=True, n_stamps=1, stamp_size_pix=64)
+    reader = brick.image["r"]
+    assert reader[10:12, 5:9].shape == (2, 4) and np.isfinite(reader[3, 4])
+    for key in ((slice(10, 2), slice(0, 4)), (slice(0, 8, 2), slice(0, 4)), (3, slice(0, 4))):
+        with pytest.raises((ValueError, TypeError)):
+            reader[key]
 
 
 def test_flipped_bytes_that_still_decode_fail_the_files_checksum(broken_sky):

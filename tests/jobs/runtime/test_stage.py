@@ -14,6 +14,8 @@ from jobs.runtime.allocator import keep_freed_memory
     ([5], 4, [[0]]),
     ([], 4, []),
     ([0, 0, 0], 2, [[0, 1], [2]]),
+    ([1, 1, 0], 2, [[0], [1, 2]]),
+    ([4, 0, 0, 0, 4], 3, [[0], [1, 2, 3, 4]]),
 ])
 def test_balanced_runs_cover_every_item_once_in_order(weights, n, expected):
     runs = stage.balanced_runs(weights, n)

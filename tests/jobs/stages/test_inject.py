@@ -93,25 +93,104 @@ def test_output_is_bit_identical_for_any_partition_count(small_sky, small_manife
     assert a.drop(["git_sha"]).equals(b.drop(["git_sha"]))
 
 
-def test_each_brick_is_one_task_reading_only_its_rows(small_manifest):
+def test_each_brick_is_one_task_reading_only_its_rows(small_manifest, monkeypatch):
     """The driver's plan: every brick in exactly one task, runs of bricks in name order, and a task's rows
-    (read back by its task alone) are exactly the manifest rows of its bricks, sorted split, brick, task_id."""
+    (read back by its task alone, in runs of at most TASK_READ_ROWS rows of whole bricks) are exactly the
+    manifest rows of its bricks, each run sorted split, brick, task_id."""
     import json
 
     m = outputs.read_manifest(str(small_manifest))
     bricks_of = inject.check_manifest_parts(str(small_manifest), m)
+    assert inject.bricks_are_grouped(bricks_of)
     everything = _table(str(small_manifest))
+    monkeypatch.setattr(inject, "TASK_READ_ROWS", 100)   # a brick here holds 288 rows: one run per brick
     for partitions in (1, 2, 5):
         tasks = [json.loads(p) for p in inject.brick_tasks(bricks_of, partitions)]
         assert len(tasks) == min(partitions, N_BRICKS)
-        flat = [b for t in tasks for b in t["bricks"]]
+        flat = [b for t in tasks for b, _, _ in t["bricks"]]
         assert flat == sorted(set(everything.column("brickname").to_pylist()))
-        read = [inject.read_task_rows(t) for t in tasks]
-        assert sum(r.num_rows for r in read) == everything.num_rows
-        for task, rows in zip(tasks, read, strict=True):
-            assert set(rows.column("brickname").to_pylist()) == set(task["bricks"])
-            keys = list(zip(*(rows.column(c).to_pylist() for c in ("split", "brickname", "task_id")), strict=True))
-            assert keys == sorted(keys)
+        read = [list(inject.task_row_chunks(t)) for t in tasks]
+        assert sum(r.num_rows for runs in read for r in runs) == everything.num_rows
+        for task, runs in zip(tasks, read, strict=True):
+            assert len(runs) == len(task["bricks"])
+            for (brick, count, _), rows in zip(task["bricks"], runs, strict=True):
+                assert set(rows.column("brickname").to_pylist()) == {brick} and rows.num_rows == count
+                keys = list(zip(*(rows.column(c).to_pylist() for c in ("split", "brickname", "task_id")), strict=True))
+                assert keys == sorted(keys)
+
+
+def test_host_values_shared_by_a_hosts_rows_give_the_rows_computed_alone(small_sky, small_manifest):
+    """What a host's rows share (HostValues: float64 host and invvar, the bare host's noise scales and depth)
+    changes nothing: every row rendered with the host's shared values equals the row rendered on its own."""
+    from jobs.cutouts.coadds import cut_stamp, load_brick
+    from jobs.runtime.config import config_from_dict
+    from jobs.stages.render_row import HostValues, render_row
+
+    cfg = config_from_dict(outputs.read_manifest(str(small_manifest))["config"])
+    rows = _table(str(small_manifest)).to_pylist()
+    brick_name = rows[0]["brickname"]
+    brick = load_brick(str(small_sky / "coadd"), brick_name)
+    host_rows = [r for r in rows if r["host_id"] == rows[0]["host_id"]]
+    pairs = sorted({r["pair_id"] for r in host_rows})   # this manifest has no artifacts: give each pair a profile
+    profile = {p: ("mild", "strong", "none")[j % 3] for j, p in enumerate(pairs)}
+    host_rows = [{**r, "artifact_profile": profile[r["pair_id"]]} for r in host_rows]
+    kinds = Counter((r["kind"], r["artifact_profile"]) for r in host_rows)
+    assert {k for k, _ in kinds} >= {"injection", "control"} and ("control", "mild") in kinds
+    cut = cut_stamp(brick, host_rows[0]["ra"], host_rows[0]["dec"], cfg.stamp_size_pix)
+    assert cut.ok
+    shared = HostValues(cut)
+    for row in host_rows:
+        alone = render_row(row, cut, cfg, {}, "sha")
+        assert render_row(row, cut, cfg, {}, "sha", host_values=shared) == alone
+
+
+def _rewrite_parts(src, dst, edit):
+    """A copy of the committed dataset ``src`` at ``dst`` whose parts hold ``edit(all rows)``, cut back into the
+    same part files with the same row counts (what its _manifest.json records)."""
+    shutil.copytree(src, dst)
+    files = outputs.dataset_files(str(dst))
+    counts = [storage.read_parquet(f).num_rows for f in files]
+    rows = edit(storage.read_parquet(files))
+    start = 0
+    for f, n in zip(files, counts, strict=True):
+        storage.write_parquet(rows.slice(start, n), f)
+        start += n
+
+
+def test_a_manifest_whose_parts_mix_bricks_gives_the_same_stamps(small_sky, small_manifest, stamps, spark, tmp_path):
+    """Parts that mix bricks (a manifest of the old round-robin layout) are shuffled by brick instead of read per
+    task: the same stamps."""
+    mixed = tmp_path / "mixed"
+    _rewrite_parts(small_manifest, mixed, lambda t: t.sort_by("task_seed"))
+    m = outputs.read_manifest(str(mixed))
+    assert not inject.bricks_are_grouped(inject.check_manifest_parts(str(mixed), m))
+    out = tmp_path / "s"
+    inject.run(str(mixed), str(small_sky), str(out), partitions=3, spark=spark)
+    assert _table(str(out)).drop(["git_sha"]).equals(_table(str(stamps)).drop(["git_sha"]))
+
+
+def test_rows_without_a_brick_are_rejected_in_a_task_of_their_own(small_sky, small_manifest, spark, tmp_path):
+    """A manifest row with no brick (a host without a position) is a ``missing_brick`` reject, also when the
+    rows without a brick get a task to themselves (more partitions than bricks)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    nulls = tmp_path / "nulls"
+    first_host = _table(str(small_manifest)).column("host_id")[0].as_py()
+
+    def drop_brick(t):
+        t = t.sort_by("task_id")
+        hit = pc.equal(t.column("host_id"), first_host)
+        bricks = pc.if_else(hit, pa.scalar(None, pa.string()), t.column("brickname"))
+        return t.set_column(t.schema.get_field_index("brickname"), "brickname", bricks)
+
+    _rewrite_parts(small_manifest, nulls, drop_brick)
+    out = tmp_path / "s"
+    m = inject.run(str(nulls), str(small_sky), str(out), partitions=N_BRICKS + 3, spark=spark)
+    got = _table(str(out))
+    assert m["rows_written"] + m["rows_rejected"] == got.num_rows == _table(str(small_manifest)).num_rows
+    reasons = {r["reject_reason"] for r in got.to_pylist() if r["host_id"] == first_host}
+    assert reasons == {"missing_brick"}
 
 
 def test_bad_inputs_become_rejected_rows(small_sky, small_manifest, spark, tmp_path):

@@ -98,6 +98,17 @@ def test_brick_runs_cut_whole_bricks_into_balanced_runs():
     assert len(manifest.brick_runs(hosts, 10)) == 4                             # never more runs than bricks
 
 
+def test_brick_runs_cut_hosts_without_a_brick_anywhere_and_cap_the_hosts_per_task(monkeypatch):
+    import pyarrow as pa
+
+    hosts = pa.table({"brickname": ["a"] * 2 + [None] * 6, "ra": [float(i) for i in range(8)]})
+    runs = manifest.brick_runs(hosts, 4)
+    assert [r.num_rows for r in runs] == [2, 2, 2, 2] and runs[0].column("brickname").to_pylist() == ["a", "a"]
+    monkeypatch.setattr(manifest, "MAX_HOSTS_PER_TASK", 3)
+    runs = manifest.brick_runs(hosts, 1)                      # 8 hosts, at most 3 a task: 3 runs, not 1
+    assert len(runs) == 3 and max(r.num_rows for r in runs) <= 3 and sum(r.num_rows for r in runs) == 8
+
+
 def test_missing_parent_column_is_a_config_error(tmp_path):
     import pyarrow as pa
 
