@@ -240,12 +240,9 @@ def _local_file(uri: str):
         yield path
 
 
-def _verify_checksums(hdu) -> None:
-    """Raise ``ValueError("checksum mismatch: ...")`` when an HDU carrying CHECKSUM and DATASUM fails them.
-
-    The checksums of a tile-compressed HDU cover its compressed bytes, so this needs no decompression.
-    """
-    header = hdu.read_header()
+def _verify_checksums(hdu, header) -> None:
+    """Raise ``ValueError("checksum mismatch: ...")`` when an HDU whose ``header`` carries CHECKSUM and DATASUM
+    fails them. The checksums of a tile-compressed HDU cover its compressed bytes: no decompression."""
     if "CHECKSUM" in header and "DATASUM" in header:
         try:
             hdu.verify_checksum()
@@ -259,9 +256,8 @@ def _read_fits_image(uri: str, dtype=None, expected_rows: int = 0, label: str = 
     Read with fitsio (cfitsio: the Legacy Surveys' own reader; it decompresses a 600x600 RICE file 2x
     faster than astropy, which spends Python bookkeeping on every tile). ``dtype`` given: ``data`` is a
     :class:`TileReader` of that dtype (pixels decompressed when sliced; ``expected_rows``: how many rows
-    the caller will slice, see :class:`TileReader`), else the whole image as an array. ``header`` is an
-    ``astropy.io.fits.Header`` of the HDU's cards (for a tile-compressed HDU, its table header, which
-    carries the image's WCS keywords).
+    the caller will slice, see :class:`TileReader`), else the whole image as an array. ``header`` is
+    fitsio's (:func:`_astropy_header` makes the one a WCS is built from).
 
     Files that carry ``CHECKSUM`` / ``DATASUM`` (real DR10 files do) are verified on opening, every HDU
     up to the image: flipped bytes that still decode raise a checksum mismatch instead of becoming wrong pixels.
@@ -272,22 +268,21 @@ def _read_fits_image(uri: str, dtype=None, expected_rows: int = 0, label: str = 
 
     with _local_file(uri) as path:
         fits_file = fitsio.FITS(path)
+    reader = None   # a TileReader owns the open file; otherwise it is closed here
     try:
         for hdu in fits_file:
-            _verify_checksums(hdu)
+            header = hdu.read_header()
+            _verify_checksums(hdu, header)
             dims = hdu.get_dims() if hdu.get_exttype() == "IMAGE_HDU" else ()
             if len(dims) == 2 and min(dims) > 0:
-                header = _astropy_header(hdu.read_header())
                 if dtype is None:
                     return np.asarray(hdu.read()), header
                 _ = hdu[0:1, 0:1]   # the first tile: a corrupt stream fails here, as a whole read would
-                return TileReader(fits_file, hdu, dtype, expected_rows, label), header
+                reader = TileReader(fits_file, hdu, dtype, expected_rows, label)
+                return reader, header
         raise ValueError("no 2-D image HDU")
-    except BaseException:
-        fits_file.close()
-        raise
     finally:
-        if dtype is None:
+        if reader is None:
             fits_file.close()
 
 
@@ -368,7 +363,7 @@ def load_brick(coadd_root_uri: str, brickname: str, bands: str = DEFAULT_BANDS, 
             getattr(brick, kind)[b] = data if tiles else data.astype(np.float32, copy=False)
         if brick.wcs is None:
             try:
-                brick.wcs = WCS(maps["image"][1])
+                brick.wcs = WCS(_astropy_header(maps["image"][1]))
                 brick.pixscale_arcsec = float(np.sqrt(abs(np.linalg.det(brick.wcs.pixel_scale_matrix))) * 3600.0)
             except Exception as err:  # noqa: BLE001
                 brick.problems[b] = f"corrupt FITS: bad WCS: {err}"[:300]
