@@ -42,6 +42,9 @@ from jobs.runtime.schema import HOST_SCHEMA, MANIFEST_SCHEMA, STAMP_SCHEMA, deco
 from jobs.stages.render_row import HostValues, rejected_row, render_row
 
 OUTPUT_BATCH_ROWS = 256  # one Parquet row group (~25 MB of stamps): bounded memory, fast reads
+#: The order a task processes manifest rows in: a brick's rows together (the split is the brick's), and each
+#: split's rows together so that a task's output cuts into row groups of one split each.
+ROW_ORDER = ("split", "brickname", "task_id")
 _BANK_CACHE: dict = {}
 
 
@@ -227,8 +230,7 @@ def brick_tasks(bricks_of: dict[str, Counter], partitions: int) -> list[bytes]:
 
 def task_row_chunks(task: dict) -> Iterator[pa.Table]:
     """The manifest rows of one :func:`brick_tasks` task, in runs of whole bricks of at most TASK_READ_ROWS rows
-    (a bigger brick alone), each sorted split, brick, task_id (each brick's rows together when the split is
-    the brick's, and each split's rows together for one-split row groups)."""
+    (a bigger brick alone), each in :data:`ROW_ORDER`."""
     run, n = [], 0
     for brick, count, parts in task["bricks"]:
         if run and n + count > TASK_READ_ROWS:
@@ -255,7 +257,7 @@ def _read_bricks(bricks: list) -> pa.Table:
         fs, path = storage.resolve(uri)
         tables.append(pq.read_table(path, filesystem=fs, filters=wanted).cast(MANIFEST_SCHEMA))
     table = pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
-    return table.sort_by([("split", "ascending"), ("brickname", "ascending"), ("task_id", "ascending")])
+    return table.sort_by([(c, "ascending") for c in ROW_ORDER])
 
 
 def inject_tasks(batches: Iterable[pa.RecordBatch], cfg: InjectionConfig, coadd_root: str,
@@ -309,8 +311,7 @@ def run(manifest_uri: str, coadds_uri: str | None, out_uri: str, partitions: int
     elif bricks_are_grouped(bricks_of):
         # The driver cuts the bricks into tasks from the row counts it has just read (brick_tasks): no
         # shuffle of the manifest, no sampling job, and each task reads its own bricks' rows.
-        tasks = brick_tasks(bricks_of, partitions)
-        df = stage.task_frame(spark, tasks)
+        df = stage.task_frame(spark, brick_tasks(bricks_of, partitions))
         process = lambda b: inject_tasks(b, cfg, coadd_root, git_sha)   # noqa: E731
     else:
         # A manifest whose parts mix bricks (written before 4a planned by brick): every task would read every
@@ -318,7 +319,7 @@ def run(manifest_uri: str, coadds_uri: str | None, out_uri: str, partitions: int
         print("[4c inject] the manifest's parts mix bricks: shuffling its rows by brick "
               "(re-run `dhs manifest` to write whole bricks per part and skip this)", file=sys.stderr)
         df = read_dataset_df(spark, manifest_uri).repartitionByRange(partitions, "brickname")
-        df = df.sortWithinPartitions("split", "brickname", "task_id")
+        df = df.sortWithinPartitions(*ROW_ORDER)
         process = lambda b: inject_batches(b, cfg, coadd_root, git_sha)   # noqa: E731
     run_id, reports = stage.run_partitions(df, process, out_uri, STAMP_SCHEMA)
     seconds = time.perf_counter() - t0

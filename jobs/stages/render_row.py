@@ -215,19 +215,16 @@ class HostValues:
         self.invvar = np.asarray(cutout.invvar, dtype=np.float64)
         for a in (self.image, self.invvar):
             a.setflags(write=False)
-        self._noise_scale = self._depth_r = None
 
-    def noise_scale(self):
-        if self._noise_scale is None:
-            from dhs_gen.augmentation.artifacts import noise_scales
+    @functools.cached_property
+    def noise_scale(self) -> np.ndarray:
+        from dhs_gen.augmentation.artifacts import noise_scales
 
-            self._noise_scale = noise_scales(self.image)
-        return self._noise_scale
+        return noise_scales(self.image)
 
+    @functools.cached_property
     def depth_r(self) -> float:
-        if self._depth_r is None:
-            self._depth_r = _depth_r(self.invvar)
-        return self._depth_r
+        return _depth_r(self.invvar)
 
 
 def render_row(row: dict, cutout, cfg: InjectionConfig, banks: dict, git_sha: str,
@@ -274,7 +271,7 @@ def render_row(row: dict, cutout, cfg: InjectionConfig, banks: dict, git_sha: st
         stamp = host + noisy_arc
     bare = stamp is host and row["artifact_profile"] != "none"   # nothing added: the host's noise scales hold
     stamp, art_meta = apply_artifacts(stamp, row["artifact_profile"], row["pair_id"], cfg,
-                                      noise_scale=shared.noise_scale() if bare else None)
+                                      noise_scale=shared.noise_scale if bare else None)
     if psf_e is not None:
         art_meta = {**art_meta, "arc_psf_e1e2": list(psf_e)}
     if not np.all(np.isfinite(stamp)):
@@ -282,7 +279,7 @@ def render_row(row: dict, cutout, cfg: InjectionConfig, banks: dict, git_sha: st
     out.update(image=encode_image(stamp), invvar=encode_image(invvar), image_shape=list(stamp.shape),
                bands=BANDS, pixscale_arcsec=cfg.pixscale_arcsec,
                psf_fwhm_g_arcsec=fwhms[0], psf_fwhm_r_arcsec=fwhms[1], psf_fwhm_z_arcsec=fwhms[2],
-               psfdepth_r_nmgy=shared.depth_r() if invvar is shared.invvar else _depth_r(invvar),
+               psfdepth_r_nmgy=shared.depth_r if invvar is shared.invvar else _depth_r(invvar),
                artifact_meta=json.dumps(art_meta, sort_keys=True, default=float),
                cutout_ok=1, reject_reason=None, git_sha=git_sha, pipeline_version=PIPELINE_VERSION)
     return out
