@@ -51,3 +51,10 @@ def test_keep_freed_memory_is_set_on_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip(f"the allocator setting is glibc's; this is {platform.libc_ver()[0] or 'not glibc'}")
     assert keep_freed_memory() is True
+
+
+def test_local_session_jvm_compiles_with_c1_only(spark):
+    """The JVM a local session launches only schedules; the rows are processed in Python, so C2's compiles
+    would take CPU from the workers (jobs.spark.get_spark)."""
+    args = list(spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert "-XX:TieredStopAtLevel=1" in args, args
