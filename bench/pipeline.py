@@ -112,7 +112,7 @@ def _spark_run(work: Path, partitions: int, reuse: bool, tag: str):
 
 def _empty_job_seconds(spark, partitions: int, out_uri: str) -> float:
     """Wall seconds of a job of ``partitions`` tasks that read nothing and write nothing, the way a stage runs
-    (``run_partitions`` over a ``task_frame``): Spark's own cost of scheduling and starting the tasks."""
+    (``run_partitions`` over a ``task_rdd``): Spark's own cost of scheduling and starting the tasks."""
     from jobs.runtime import stage
     from jobs.runtime.schema import STAMP_SCHEMA
 
@@ -122,7 +122,7 @@ def _empty_job_seconds(spark, partitions: int, out_uri: str) -> float:
         return iter(())
 
     t0 = time.perf_counter()
-    stage.run_partitions(stage.task_frame(spark, [b""] * partitions), nothing, out_uri, STAMP_SCHEMA)
+    stage.run_partitions(stage.task_rdd(spark, [b""] * partitions), nothing, out_uri, STAMP_SCHEMA)
     return time.perf_counter() - t0
 
 

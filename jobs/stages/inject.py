@@ -212,7 +212,7 @@ def bricks_are_grouped(bricks_of: dict[str, Counter]) -> bool:
 
 
 def brick_tasks(bricks_of: dict[str, Counter], partitions: int) -> list[bytes]:
-    """4c's tasks as :func:`jobs.runtime.stage.task_frame` payloads: the bricks in name order cut into at most
+    """4c's tasks as :func:`jobs.runtime.stage.task_rdd` payloads: the bricks in name order cut into at most
     ``partitions`` runs of similar row counts, each brick with its row count and the manifest parts holding it.
 
     Every brick is in exactly one task (its brick is loaded once); a manifest written by 4a holds whole
@@ -304,24 +304,24 @@ def run(manifest_uri: str, coadds_uri: str | None, out_uri: str, partitions: int
     if hosts_uri:
         hosts = read_dataset_df(spark, hosts_uri, HOST_SCHEMA).select(
             "host_id", *[F.col(c).alias(j) for c, j in HOST_JOIN_COLUMNS.items()])
-        df = read_dataset_df(spark, manifest_uri).join(hosts, on="host_id", how="left")
-        df = df.select(*MANIFEST_SCHEMA.names, *HOST_JOIN_COLUMNS.values())
-        df = df.repartition(partitions, "host_id").sortWithinPartitions("split", "host_id", "task_id")
+        tasks = read_dataset_df(spark, manifest_uri).join(hosts, on="host_id", how="left")
+        tasks = tasks.select(*MANIFEST_SCHEMA.names, *HOST_JOIN_COLUMNS.values())
+        tasks = tasks.repartition(partitions, "host_id").sortWithinPartitions("split", "host_id", "task_id")
         process = lambda b: inject_batches(b, cfg, None, git_sha)   # noqa: E731
     elif bricks_are_grouped(bricks_of):
         # The driver cuts the bricks into tasks from the row counts it has just read (brick_tasks): no
         # shuffle of the manifest, no sampling job, and each task reads its own bricks' rows.
-        df = stage.task_frame(spark, brick_tasks(bricks_of, partitions))
+        tasks = stage.task_rdd(spark, brick_tasks(bricks_of, partitions))
         process = lambda b: inject_tasks(b, cfg, coadd_root, git_sha)   # noqa: E731
     else:
         # A manifest whose parts mix bricks (written before 4a planned by brick): every task would read every
         # part, so Spark shuffles the rows by brick instead (range partitions of whole bricks).
         print("[4c inject] the manifest's parts mix bricks: shuffling its rows by brick "
               "(re-run `dhs manifest` to write whole bricks per part and skip this)", file=sys.stderr)
-        df = read_dataset_df(spark, manifest_uri).repartitionByRange(partitions, "brickname")
-        df = df.sortWithinPartitions(*ROW_ORDER)
+        tasks = read_dataset_df(spark, manifest_uri).repartitionByRange(partitions, "brickname")
+        tasks = tasks.sortWithinPartitions(*ROW_ORDER)
         process = lambda b: inject_batches(b, cfg, coadd_root, git_sha)   # noqa: E731
-    run_id, reports = stage.run_partitions(df, process, out_uri, STAMP_SCHEMA)
+    run_id, reports = stage.run_partitions(tasks, process, out_uri, STAMP_SCHEMA)
     seconds = time.perf_counter() - t0
     summary = stage.summarize(reports)
     extra = {"partitions": partitions, "tasks": len(reports), "task_seconds": sum(r["seconds"] for r in reports),

@@ -239,9 +239,9 @@ def run(parent_uri: str | None, cfg: InjectionConfig, out_uri: str, partitions: 
     outputs.prepare_output(out_uri, overwrite, (parent_uri, hosts_uri))
     storage.write_parquet(pa.Table.from_pylist(host_rejects, REJECT_SCHEMA), storage.join(out_uri, outputs.REJECTS_FILE))
     spark = spark or get_spark("dhs-4a-manifest")
-    df = stage.task_frame(spark, [stage.table_payload(t) for t in brick_runs(hosts, partitions)])
+    tasks = stage.task_rdd(spark, [stage.table_payload(t) for t in brick_runs(hosts, partitions)])
     config_hash = cfg.config_hash()
-    run_id, reports = stage.run_partitions(df, lambda b: plan_payloads(b, cfg, config_hash), out_uri, MANIFEST_SCHEMA)
+    run_id, reports = stage.run_partitions(tasks, lambda b: plan_payloads(b, cfg, config_hash), out_uri, MANIFEST_SCHEMA)
     seconds = time.perf_counter() - t0
     n_rows = sum(r["rows"] for r in reports)
     per_host = len(cfg.lens.theta_e_arcsec) * cfg.n_replicates

@@ -1,6 +1,7 @@
 """The stage runner's planning helpers: balanced runs of work, one task per payload, table payloads."""
 
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 
 from jobs.runtime import stage
@@ -30,6 +31,14 @@ def test_balanced_runs_stay_within_one_item_of_the_share():
     assert all(sum(weights[i] for i in r) <= share + biggest for r in runs)
 
 
+def test_task_rdd_puts_each_payload_in_its_own_task(spark):
+    payloads = [f"task-{i}".encode() for i in range(5)]
+    rdd = stage.task_rdd(spark, payloads)
+    assert rdd.getNumPartitions() == 5
+    assert rdd.glom().collect() == [[p] for p in payloads]
+    assert stage.task_rdd(spark, []).count() == 0
+
+
 def test_task_frame_puts_each_payload_in_its_own_task(spark):
     payloads = [f"task-{i}".encode() for i in range(5)]
     df = stage.task_frame(spark, payloads)
@@ -37,6 +46,25 @@ def test_task_frame_puts_each_payload_in_its_own_task(spark):
     per_partition = df.rdd.glom().map(lambda rows: [bytes(r.payload) for r in rows]).collect()
     assert per_partition == [[p] for p in payloads]
     assert stage.task_frame(spark, []).count() == 0
+
+
+@pytest.mark.parametrize("as_frame", [False, True])
+def test_run_partitions_gives_each_task_its_payloads_and_reports_its_rows(spark, tmp_path, as_frame):
+    """Both kinds of task source: a task_rdd's payloads and a DataFrame's rows reach ``process`` as Arrow
+    batches with a ``payload`` column; each task writes its rows and reports them."""
+    schema = pa.schema([("payload", pa.string()), ("reject_reason", pa.string())])
+    payloads = [b"a", b"bb", b"ccc"]
+    tasks = (stage.task_frame if as_frame else stage.task_rdd)(spark, payloads)
+
+    def process(batches):
+        for batch in batches:
+            for p in batch.column("payload").to_pylist():
+                yield pa.table({"payload": [p.decode()] * len(p), "reject_reason": [None] * (len(p) - 1) + ["short"]})
+
+    _, reports = stage.run_partitions(tasks, process, str(tmp_path / "out"), schema)
+    assert [(r["partition"], r["rows"], r["rejected"]) for r in reports] == [(0, 1, 1), (1, 2, 1), (2, 3, 1)]
+    written = [pa.parquet.read_table(r["path"]).column("payload").to_pylist() for r in reports]
+    assert written == [["a"], ["bb"] * 2, ["ccc"] * 3]
 
 
 def test_table_payload_round_trips():
