@@ -184,7 +184,7 @@ def apply_artifacts(stamp: np.ndarray, profile: str, key: str, cfg: InjectionCon
 
     No PSF step here (``psf_fwhm_pix=None``): anisotropy went into the arc's PSF
     (:func:`arc_psf_anisotropy`); the real cutout already carries its real PSF. ``noise_scale``: the
-    stamp's own noise scales when known (a bare host shared by its rows).
+    noise scales the artifacts are measured in (:class:`HostValues`: the bare host's, for every row of the host).
     """
     if profile == "none":
         return stamp, {}
@@ -206,8 +206,8 @@ def rejected_row(row: dict, reason: str, git_sha: str) -> dict:
 
 class HostValues:
     """What every row of one host shares, computed once for the host's rows (its grid, replicates and
-    controls) and never modified: the host stamp and invvar in float64, and, for rows that add nothing to
-    the host (controls), its noise scales and r-band depth."""
+    controls) and never modified: the host stamp and invvar in float64, its noise scales (the unit of every
+    row's artifacts) and, for rows that add nothing to the host (controls), its r-band depth."""
 
     def __init__(self, cutout):
         self.cutout = cutout
@@ -269,9 +269,10 @@ def render_row(row: dict, cutout, cfg: InjectionConfig, banks: dict, git_sha: st
             arc = azimuthal_shuffle(arc, key=row["pair_id"])
         noisy_arc, invvar = add_arc_photon_noise(arc, invvar, cfg.arc_gain_e_per_nmgy, row["task_id"])
         stamp = host + noisy_arc
-    bare = stamp is host and row["artifact_profile"] != "none"   # nothing added: the host's noise scales hold
+    # Artifacts are in units of the host's noise for every row of a pair: scaled by the noise of the stamp
+    # itself, an injection's would be stronger than its control's by as much as the arc raises the MAD.
     stamp, art_meta = apply_artifacts(stamp, row["artifact_profile"], row["pair_id"], cfg,
-                                      noise_scale=shared.noise_scale if bare else None)
+                                      noise_scale=shared.noise_scale if row["artifact_profile"] != "none" else None)
     if psf_e is not None:
         art_meta = {**art_meta, "arc_psf_e1e2": list(psf_e)}
     if not np.all(np.isfinite(stamp)):

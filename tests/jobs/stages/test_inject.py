@@ -1,5 +1,6 @@
 """Stage 4c end to end on the embedded sky: photometry, determinism, rejects, row accounting."""
 
+import json
 import shutil
 from collections import Counter
 
@@ -122,6 +123,7 @@ def test_each_brick_is_one_task_reading_only_its_rows(small_manifest, monkeypatc
 def test_host_values_shared_by_a_hosts_rows_give_the_rows_computed_alone(small_sky, small_manifest):
     """What a host's rows share (HostValues: float64 host and invvar, the bare host's noise scales and depth)
     changes nothing: every row rendered with the host's shared values equals the row rendered on its own."""
+    from dhs_gen.augmentation.artifacts import noise_scales
     from jobs.cutouts.coadds import cut_stamp, load_brick
     from jobs.runtime.config import config_from_dict
     from jobs.stages.render_row import HostValues, render_row
@@ -139,9 +141,22 @@ def test_host_values_shared_by_a_hosts_rows_give_the_rows_computed_alone(small_s
     cut = cut_stamp(brick, host_rows[0]["ra"], host_rows[0]["dec"], cfg.stamp_size_pix)
     assert cut.ok
     shared = HostValues(cut)
+    out = {}
     for row in host_rows:
         alone = render_row(row, cut, cfg, {}, "sha")
         assert render_row(row, cut, cfg, {}, "sha", host_values=shared) == alone
+        out[row["task_id"]] = alone
+    # artifacts are in units of the host's noise for both rows of a pair: the injection's are not scaled up by
+    # its arc (an amplitude difference a classifier could learn)
+    host_noise = [float(v) for v in noise_scales(shared.image)]
+    checked = 0
+    for r in out.values():
+        ctrl = out.get(r["pair_id"] + "/control")
+        if r["kind"] == "injection" and r["artifact_profile"] != "none" and ctrl is not None:
+            assert json.loads(r["artifact_meta"])["noise_scale"] == json.loads(ctrl["artifact_meta"])["noise_scale"]
+            assert json.loads(r["artifact_meta"])["noise_scale"] == host_noise
+            checked += 1
+    assert checked >= 1
 
 
 def _rewrite_parts(src, dst, edit):
