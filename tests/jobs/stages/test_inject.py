@@ -263,3 +263,28 @@ def test_a_missing_coadd_root_or_a_duplicated_task_fails_before_spark(small_sky,
     with pytest.raises(InvalidValueError, match="appears more than once"):
         inject.run(str(dup), str(small_sky), str(tmp_path / "s2"))
     assert not (tmp_path / "s2").exists()
+
+
+def test_arc_photon_noise_is_poisson_where_it_matters_and_invvar_includes_it():
+    """Drawn pixels carry N(0, arc/gain) noise; pixels where the arc adds < ARC_NOISE_MIN_VARIANCE_SHARE of the
+    pixel's variance (or where there is no data) are left as they are; the new invvar is 1 / (1/invvar + var)."""
+    from jobs.stages.render_row import ARC_NOISE_MIN_VARIANCE_SHARE, add_arc_photon_noise
+
+    yy, xx = np.mgrid[:64, :64] - 31.5
+    r = np.hypot(xx, yy)
+    arc = np.stack([k * np.exp(-0.5 * ((r - 12) / 2) ** 2) + 1e-6 / (1 + (r - 12) ** 2) - 1e-9 for k in (0.2, 0.3, 0.4)])
+    invvar = np.random.default_rng(0).uniform(5e3, 2e4, arc.shape)
+    invvar[1, :4] = 0.0
+    gains = [300.0, 400.0, 500.0]
+    noisy, new_invvar = add_arc_photon_noise(arc, invvar, gains, "task-1")
+    var = np.maximum(arc, 0) / np.array(gains)[:, None, None]
+    drawn = var * invvar > ARC_NOISE_MIN_VARIANCE_SHARE
+    assert 0.1 < drawn.mean() < 0.9 and not drawn[1, :4].any()
+    z = (noisy - arc)[drawn] / np.sqrt(var[drawn])
+    assert abs(z.mean()) < 4 / np.sqrt(z.size) and abs(z.std() - 1) < 0.05
+    assert np.array_equal(noisy[~drawn], arc[~drawn])
+    expected = np.where(invvar > 0, 1 / (1 / np.where(invvar > 0, invvar, 1) + var), 0)
+    np.testing.assert_allclose(new_invvar, expected, rtol=1e-14)
+    assert np.all(new_invvar[1, :4] == 0)
+    again, _ = add_arc_photon_noise(arc, invvar, gains, "task-1")
+    assert np.array_equal(again, noisy)   # keyed: the same task draws the same noise
