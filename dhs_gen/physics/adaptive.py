@@ -189,23 +189,40 @@ def _reach(plan, ray_maps, centre_idx=None) -> np.ndarray:
 
     ``|D beta| * half-diagonal`` with :meth:`RayMap.lipschitz` at the pixel's distance from the
     lens centre; a compact source whose core is that close may slip between the five rays.
+    Beyond ``theta_e / (2 sqrt(q))`` (plus the half-diagonal) of the lens centre the bound is
+    ``1 + |gamma|``: only the pixels of a box around the centre need the formula.
     """
+    n = plan.n
     half_diag = np.float32(plan.pixscale / math.sqrt(2.0))
-    lens = np.array([(*rm.center, rm.theta_e / math.sqrt(rm.q), rm.gamma) for rm in ray_maps], dtype=np.float32)
     ax = plan.axis.astype(np.float32)
-    r = (np.square(ax[None, :, None] - lens[:, 1, None, None]) + np.square(ax[None, None, :] - lens[:, 0, None, None]))
-    r = r.reshape(len(ray_maps), -1)
-    if centre_idx is not None:
-        r = r.take(centre_idx, axis=1)
-    np.sqrt(r, out=r)
-    r -= half_diag
-    np.maximum(r, np.float32(1e-2), out=r)  # closer pixels are inside the centre guard anyway
-    np.divide(lens[:, 2:3], r, out=r)  # >= 2 kappa at the pixel's closest point
-    r -= np.float32(1.0)
-    np.maximum(r, np.float32(1.0), out=r)
-    r += lens[:, 3:4]
-    r *= half_diag
-    return r
+    out = np.empty((len(ray_maps), n * n), dtype=np.float32)
+    for t, rm in enumerate(ray_maps):
+        (cx, cy), lens_scale, gamma = rm.center, np.float32(rm.theta_e / math.sqrt(rm.q)), np.float32(rm.gamma)
+        reach = out[t].reshape(n, n)
+        reach[...] = (np.float32(1.0) + gamma) * half_diag
+        # a pixel whose 2 kappa bound stays below 2 keeps 1 + |gamma|; the box holds every other one, with a margin
+        r_box = (0.5 * float(lens_scale) + float(half_diag)) / plan.pixscale + 2.0
+        rows = _index_span(cy, r_box, plan)
+        cols = _index_span(cx, r_box, plan)
+        if rows.start >= rows.stop or cols.start >= cols.stop:
+            continue
+        r = np.square(ax[rows, None] - np.float32(cy)) + np.square(ax[None, cols] - np.float32(cx))
+        np.sqrt(r, out=r)
+        r -= half_diag
+        np.maximum(r, np.float32(1e-2), out=r)  # closer pixels are inside the centre guard anyway
+        np.divide(lens_scale, r, out=r)  # >= 2 kappa at the pixel's closest point
+        r -= np.float32(1.0)
+        np.maximum(r, np.float32(1.0), out=r)
+        r += gamma
+        r *= half_diag
+        reach[rows, cols] = r
+    return out if centre_idx is None else out.take(centre_idx, axis=1)
+
+
+def _index_span(centre: float, radius_pix: float, plan) -> slice:
+    """The pixel indices along one axis within ``radius_pix`` pixels of the coordinate ``centre`` (arcsec)."""
+    c = centre / plan.pixscale + 0.5 * (plan.n - 1)
+    return slice(max(math.floor(c - radius_pix), 0), min(math.ceil(c + radius_pix) + 1, plan.n))
 
 
 def _five_point(f_c, f_p, refine_tol):

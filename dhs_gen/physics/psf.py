@@ -153,11 +153,11 @@ def validate_psf_kernel(psf, name: str = "psf", rtol: float = 1e-6) -> np.ndarra
         raise InvalidValueError(name, k, "PSF kernel must be a square 2-D array")
     if k.shape[0] % 2 == 0:
         raise InvalidValueError(name, k, f"PSF kernel size must be odd (got {k.shape[0]}) so its centre is a pixel")
-    if not np.all(np.isfinite(k)):
+    s = float(k.sum())   # a NaN or infinite pixel makes the sum non-finite: one pass checks both
+    if not math.isfinite(s) and not np.isfinite(k).all():
         raise InvalidValueError(name, k, "PSF kernel must be finite")
-    if np.any(k < 0):
+    if k.min() < 0:
         raise InvalidValueError(name, k, "PSF kernel must be non-negative")
-    s = float(k.sum())
     if abs(s - 1.0) > rtol:
         raise InvalidValueError(name, k, f"PSF kernel must sum to 1 within {rtol:g} (sum={s:.8g})")
     return k
