@@ -68,8 +68,9 @@ def _kernel_rate(work: Path, cfg) -> float:
 
 
 def _per_row_vs_lenstronomy(work: Path, cfg) -> tuple[float, float]:
-    """(4c rows/s, lenstronomy single-band renders/s): CPU time in this process, best of 3 interleaved warm
-    passes (``bench.kernels.best_cpu_seconds``), with its allocator setting (lenstronomy's best case) for both."""
+    """(4c rows/s, lenstronomy single-band renders/s): CPU time in this process, best of 5 interleaved warm
+    passes (``bench.kernels.best_cpu_seconds``; the machine's speed drifts within a run, and each side's best
+    pass is its least disturbed one), with its allocator setting (lenstronomy's best case) for both."""
     from bench.kernels import N_TASKS, best_cpu_seconds, lenstronomy_pass, make_tasks
     from jobs.runtime import outputs, storage
     from jobs.runtime.allocator import keep_freed_memory
@@ -88,7 +89,7 @@ def _per_row_vs_lenstronomy(work: Path, cfg) -> tuple[float, float]:
         return sum(1 for _ in inject_rows(rows, cfg, coadds, "bench"))
 
     _, best = best_cpu_seconds({"4c": pass_4c,
-                                "lenstronomy": lenstronomy_pass(tasks)}, repeats=3)
+                                "lenstronomy": lenstronomy_pass(tasks)}, repeats=5)
     return len(rows) / best["4c"], len(tasks) / best["lenstronomy"]
 
 
