@@ -288,3 +288,20 @@ def test_arc_photon_noise_is_poisson_where_it_matters_and_invvar_includes_it():
     assert np.all(new_invvar[1, :4] == 0)
     again, _ = add_arc_photon_noise(arc, invvar, gains, "task-1")
     assert np.array_equal(again, noisy)   # keyed: the same task draws the same noise
+
+
+@pytest.mark.parametrize("fwhm", [0.9, 1.3, 1.8])
+def test_4c_psf_kernels_are_pixel_integrated_within_the_fwhm_step(fwhm):
+    """make_psfs' kernels (PSF_OVERSAMPLE samples per pixel) are within 2.5e-3 L1 of the exact pixel means (a
+    21x21-sample reference), less than what the FWHM rounding step alone may move a kernel."""
+    from dhs_gen.physics.psf import moffat_kernel
+    from jobs.stages.render_row import PSF_FWHM_STEP_ARCSEC, make_psfs
+
+    cfg = load_config("demo")
+    (kernel,) = make_psfs([fwhm], cfg, 0.03, -0.02)
+    exact = moffat_kernel(fwhm, cfg.pixscale_arcsec, beta=cfg.moffat_beta, e1=0.03, e2=-0.02,
+                          max_size=cfg.psf_max_size_pix, oversample=21)
+    step = moffat_kernel(fwhm + PSF_FWHM_STEP_ARCSEC, cfg.pixscale_arcsec, beta=cfg.moffat_beta, e1=0.03, e2=-0.02,
+                         max_size=cfg.psf_max_size_pix, oversample=21)
+    assert kernel.shape == exact.shape and kernel.sum() == pytest.approx(1.0, abs=1e-12)
+    assert np.abs(kernel - exact).sum() < min(2.5e-3, np.abs(step - exact).sum())
