@@ -189,7 +189,9 @@ def add_arc_photon_noise(arc: np.ndarray, invvar: np.ndarray, gains, key: str):
 
 def arc_snr(arc: np.ndarray, invvar: np.ndarray) -> float:
     """Matched-filter SNR of the noiseless arc against the stamp's invvar: sqrt(sum_b,p arc^2 invvar)."""
-    return float(np.sqrt(np.sum(arc.astype(np.float64) ** 2 * np.clip(invvar, 0, None))))
+    weighted = np.square(arc, dtype=np.float64)
+    weighted *= np.maximum(invvar, 0.0)
+    return float(np.sqrt(weighted.sum()))
 
 
 def apply_artifacts(stamp: np.ndarray, profile: str, key: str, cfg: InjectionConfig, noise_scale=None):
