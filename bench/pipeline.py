@@ -9,10 +9,11 @@ artifacts) in two plain processes, one per core, without Spark, Arrow conversion
 Spark: ``jobs.stages.inject.run`` on ``local[2]`` over the same committed manifest (the driver's part
 checks and brick plan, one task per run of bricks reading its own manifest rows, render, write, commit).
 The ratio is the share of the kernel rate that survives Spark (target >= 0.80; min, median and max of
-three side-by-side runs). Spark's own cost is printed beside it: the same session running a job of as
-many empty ``mapInArrow`` tasks. Peak memory per executor core is the Python worker's high-water mark,
-measured with one partition (every row in one task) and with many small partitions: bounded by one
-brick plus one output batch, it must not grow with partition size.
+three Spark runs in one warm session, each against the mean kernel-only rate of the runs just before and
+after it). Spark's own cost is printed beside it: the same session running a job of as many empty tasks.
+Peak memory per executor core is the Python worker's high-water mark, measured with one partition
+(every row in one task) and with many small partitions: bounded by one brick plus one output batch, it
+must not grow with partition size.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-# More bricks than cores, as a survey has, and two tasks per core. A task of one brick here (360 rows,
-# 0.5 s) would be a sixth Spark's own per-task cost (an empty mapInArrow task: ~0.1 s on this machine);
-# survey tasks run for minutes.
+# More bricks than cores, as a survey has, and two tasks per core (720 rows, ~1 s each). Spark costs ~0.2 s a
+# job here whatever the task size (a job of 4 empty tasks): 8 % of these runs, nothing in survey tasks of minutes.
 N_BRICKS, N_LRG, SIZE_PIX, PARTITIONS = 8, 15, 600, 4
 
 
@@ -93,22 +93,22 @@ def _per_row_vs_lenstronomy(work: Path, cfg) -> tuple[float, float]:
     return len(rows) / best["4c"], len(tasks) / best["lenstronomy"]
 
 
-def _spark_run(work: Path, partitions: int, reuse: bool, tag: str):
+def _spark_session(tag: str, reuse: bool = True):
     from jobs.spark import get_spark
+
+    return get_spark(f"bench-4c-{tag}", master="local[2]", conf={"spark.python.worker.reuse": "true" if reuse else "false"})
+
+
+def _spark_run(spark, work: Path, partitions: int, tag: str):
+    """(4c manifest, wall seconds, empty-job seconds) of one 4c run in ``spark``, after one warm-up run (the JVM and
+    the Python workers warm, as the kernel side's are)."""
     from jobs.stages import inject
 
-    spark = get_spark(f"bench-4c-{tag}", master="local[2]",
-                      conf={"spark.python.worker.reuse": "true" if reuse else "false"})
-    try:
-        # warm the JVM and the Python workers outside the clock, as the kernel side is warmed
-        inject.run(str(work / "manifest"), str(work / "sky"), str(work / f"warm-{tag}"), partitions, spark=spark)
-        t0 = time.perf_counter()
-        m = inject.run(str(work / "manifest"), str(work / "sky"), str(work / f"stamps-{tag}"), partitions,
-                       spark=spark)
-        seconds = time.perf_counter() - t0
-        return m, seconds, _empty_job_seconds(spark, partitions, str(work / f"empty-{tag}"))
-    finally:
-        spark.stop()
+    inject.run(str(work / "manifest"), str(work / "sky"), str(work / f"warm-{tag}"), partitions, spark=spark)
+    t0 = time.perf_counter()
+    m = inject.run(str(work / "manifest"), str(work / "sky"), str(work / f"stamps-{tag}"), partitions, spark=spark)
+    seconds = time.perf_counter() - t0
+    return m, seconds, _empty_job_seconds(spark, partitions, str(work / f"empty-{tag}"))
 
 
 def _empty_job_seconds(spark, partitions: int, out_uri: str) -> float:
@@ -141,15 +141,24 @@ def run() -> str:
                      f"{row_rate:.0f} rows/s; lenstronomy single-band renders: {lt_rate:.0f}/s; "
                      f"ratio {row_rate / lt_rate:.2f} (target >= 2.5)")
         ratios = []
-        for i in range(3):   # kernel-only and Spark side by side, three times: the spread is part of the answer
-            n, kernel_rate = _kernel_rate(work, cfg)
-            m, seconds, empty = _spark_run(work, PARTITIONS, True, f"rate{i}")
-            spark_rate = (m["rows_written"] + m["rows_rejected"]) / seconds
-            task_rate = n / (m["extra"]["task_seconds"] / 2)   # rows per second of task time, 2 cores
-            ratios.append((spark_rate / kernel_rate, kernel_rate, spark_rate, task_rate / kernel_rate, seconds, empty))
+        spark = _spark_session("rate")
+        try:
+            for i in range(3):   # kernel-only and Spark side by side, three times: the spread is part of the answer
+                # the kernel rate before and after each Spark run: this machine's speed drifts by 10-20 % over tens
+                # of seconds, and the mean of the two brackets the Spark run in time
+                n, before = _kernel_rate(work, cfg)
+                m, seconds, empty = _spark_run(spark, work, PARTITIONS, f"rate{i}")
+                _, after = _kernel_rate(work, cfg)
+                kernel_rate = 0.5 * (before + after)
+                spark_rate = (m["rows_written"] + m["rows_rejected"]) / seconds
+                task_rate = n / (m["extra"]["task_seconds"] / 2)   # rows per second of task time, 2 cores
+                ratios.append((spark_rate / kernel_rate, kernel_rate, spark_rate, task_rate / kernel_rate, seconds, empty))
+        finally:
+            spark.stop()
         lo, med, hi = sorted(r[0] for r in ratios)
         lines.append(f"4c rows: {n} (demo config: sersic + hybrid sources, paired controls, artifacts; {N_BRICKS} bricks)")
-        lines.append("4c kernel-only, 2 processes on 2 cores: " + ", ".join(f"{r[1]:.0f}" for r in ratios) + " rows/s")
+        lines.append("4c kernel-only, 2 processes on 2 cores (mean of the runs just before and after each Spark run): "
+                     + ", ".join(f"{r[1]:.0f}" for r in ratios) + " rows/s")
         lines.append(f"4c local Spark end-to-end, local[2], {PARTITIONS} partitions: "
                      + ", ".join(f"{r[2]:.0f}" for r in ratios) + " rows/s")
         lines.append(f"4c Spark / kernel-only on the same cores: min {lo:.2f} median {med:.2f} max {hi:.2f} "
@@ -159,8 +168,12 @@ def run() -> str:
         lines.append(f"  Spark's own cost: a job of {PARTITIONS} empty tasks in the same session takes "
                      + ", ".join(f"{r[5]:.2f}" for r in ratios) + " s, of the 4c runs' "
                      + ", ".join(f"{r[4]:.2f}" for r in ratios) + " s")
-        m1, *_ = _spark_run(work, 1, False, "p1")
-        m8, *_ = _spark_run(work, 16, False, "p16")
+        spark = _spark_session("memory", reuse=False)   # a fresh worker per task: each task's own high-water mark
+        try:
+            m1, *_ = _spark_run(spark, work, 1, "p1")
+            m8, *_ = _spark_run(spark, work, 16, "p16")
+        finally:
+            spark.stop()
         lines.append(f"peak Python worker memory: {m1['extra']['peak_worker_rss_mb']:.0f} MB with 1 partition "
                      f"({n} rows in one task), {m8['extra']['peak_worker_rss_mb']:.0f} MB with 16 partitions; "
                      f"ratio {m1['extra']['peak_worker_rss_mb'] / max(m8['extra']['peak_worker_rss_mb'], 1):.2f} (bounded: ~1)")
