@@ -221,8 +221,9 @@ def apply_domain_randomization_bands(
     max_kernel_size : int
         Largest PSF kernel side, pixels; the kernel is also capped at the stamp size.
     noise_scale : sequence of float, optional
-        ``noise_scales(stamp)`` when the caller has it already (one host under several rows); computed
-        here otherwise.
+        The noise unit of the artifacts, per band. Stage 4c passes the bare host's ``noise_scales`` for every
+        row of a host, so that an injection and its paired control get artifacts of the same amplitude (the
+        stamp's own MAD grows with the arc). Default: ``noise_scales(stamp)``.
 
     Returns
     -------

@@ -202,6 +202,8 @@ def _reach(plan, ray_maps, centre_idx=None) -> np.ndarray:
         reach[...] = (np.float32(1.0) + gamma) * half_diag
         # a pixel whose 2 kappa bound stays below 2 keeps 1 + |gamma|; the box holds every other one, with a margin
         r_box = (0.5 * float(lens_scale) + float(half_diag)) / plan.pixscale + 2.0
+        if not math.isfinite(r_box):   # an Einstein radius past float32: every pixel
+            r_box = 2.0 * plan.n + abs(cx / plan.pixscale) + abs(cy / plan.pixscale)
         rows = _index_span(cy, r_box, plan)
         cols = _index_span(cx, r_box, plan)
         if rows.start >= rows.stop or cols.start >= cols.stop:

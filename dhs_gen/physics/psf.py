@@ -54,8 +54,9 @@ def _profile_samples(size: int, pixscale_arcsec: float, oversample: int, e1: flo
     return out
 
 
-def _validate_common(fwhm_arcsec, pixscale_arcsec, e1, e2, size, max_size):
+def _validate_common(fwhm_arcsec, pixscale_arcsec, e1, e2, size, max_size, oversample):
     check_range("fwhm_arcsec", fwhm_arcsec, 0.0, math.inf, lo_open=True)
+    check_range("oversample", oversample, 1, 64, integer=True)
     check_range("pixscale_arcsec", pixscale_arcsec, 0.0, math.inf, lo_open=True)
     check_range("e1", e1, -1.0, 1.0, lo_open=True, hi_open=True)
     check_range("e2", e2, -1.0, 1.0, lo_open=True, hi_open=True)
@@ -96,7 +97,7 @@ def gaussian_kernel(fwhm_arcsec: float, pixscale_arcsec: float, e1: float = 0.0,
     -------
     ndarray (size, size), float64, sums to 1, centred on the middle pixel.
     """
-    _validate_common(fwhm_arcsec, pixscale_arcsec, e1, e2, size, max_size)
+    _validate_common(fwhm_arcsec, pixscale_arcsec, e1, e2, size, max_size, oversample)
     size = cap_kernel_size(size or default_kernel_size(fwhm_arcsec, pixscale_arcsec, "gaussian", max_size), max_size)
     sigma = fwhm_arcsec / (2.0 * math.sqrt(2.0 * math.log(2.0)))
     def profile(r2):
@@ -120,7 +121,7 @@ def moffat_kernel(fwhm_arcsec: float, pixscale_arcsec: float, beta: float = 3.5,
     -------
     ndarray (size, size), float64, sums to 1 over the (truncated) kernel, centred.
     """
-    _validate_common(fwhm_arcsec, pixscale_arcsec, e1, e2, size, max_size)
+    _validate_common(fwhm_arcsec, pixscale_arcsec, e1, e2, size, max_size, oversample)
     check_range("beta", beta, 1.0, 100.0, lo_open=True)
     size = cap_kernel_size(size or default_kernel_size(fwhm_arcsec, pixscale_arcsec, "moffat", max_size), max_size)
     alpha = fwhm_arcsec / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))

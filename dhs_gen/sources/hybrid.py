@@ -119,6 +119,7 @@ def sersic_templates(h: int, w: int, re_pix_list, n_sersic: float, q: float, phi
     -------
     list of ndarray (h, w), float64, flux per pixel, each summing to 1.
     """
+    supersample = check_range("supersample", supersample, 1, 64, integer=True)
     rows, cols = np.arange(h, dtype=float), np.arange(w, dtype=float)
     core_r = np.flatnonzero(np.abs(rows - (h - 1) / 2.0) <= CORE_HALF_PIX)
     core_c = np.flatnonzero(np.abs(cols - (w - 1) / 2.0) <= CORE_HALF_PIX)

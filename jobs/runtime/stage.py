@@ -132,7 +132,7 @@ def task_frame(spark, payloads: list[bytes]):
 
 
 def table_payload(table: pa.Table) -> bytes:
-    """An Arrow table as the bytes of one :func:`task_frame` payload (Arrow IPC stream)."""
+    """An Arrow table as the bytes of one :func:`task_rdd` payload (Arrow IPC stream)."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)

@@ -166,25 +166,31 @@ def render_arc_for_row(row: dict, psfs, cfg: InjectionConfig, banks: dict, lens_
 
 
 #: Pixels where the arc adds less than this share of the pixel's own variance (1/invvar) get no photon-noise draw:
-#: it would change their noise by less than 5e-7 of its standard deviation. Half the pixels of a demo stamp
+#: the draw would be below 1e-3 of the pixel's noise, and the pixel's total noise would change by less than 5e-7
+#: of its standard deviation (the returned invvar still counts that variance). Half the pixels of a demo stamp
 #: (the PSF wings far from the arc) are below it, and a normal draw is the costliest step of the noise.
 ARC_NOISE_MIN_VARIANCE_SHARE = 1e-6
 
 
 def add_arc_photon_noise(arc: np.ndarray, invvar: np.ndarray, gains, key: str):
-    """Arc + its own Poisson noise (Gaussian approximation), and the invvar that includes it.
+    """Arc + its own Poisson noise (Gaussian approximation), and the invvar that includes it (float64).
 
     ``gains`` are photo-electrons per nanomaggy per band; variance added = max(arc, 0) / gain, drawn where it
-    reaches :data:`ARC_NOISE_MIN_VARIANCE_SHARE` of the pixel's variance (pixels with invvar 0 hold no data).
+    reaches :data:`ARC_NOISE_MIN_VARIANCE_SHARE` of the pixel's variance. Pixels without data (invvar 0,
+    negative or NaN) get no draw and keep invvar 0.
     """
-    var = np.maximum(arc, 0.0)
+    iv = np.asarray(invvar, dtype=np.float64)
+    iv = np.where(iv > 0, iv, 0.0)
+    var = np.maximum(arc, 0.0, dtype=np.float64)
     var /= np.asarray(gains, dtype=float)[:, None, None]
-    share = var * invvar   # the arc's variance over the pixel's own
-    drawn = np.flatnonzero(share > ARC_NOISE_MIN_VARIANCE_SHARE)
-    noisy = arc.copy()
+    drawn = np.flatnonzero(var * iv > ARC_NOISE_MIN_VARIANCE_SHARE)
+    noisy = np.array(arc, dtype=np.float64)
     noisy.ravel()[drawn] += np.sqrt(var.ravel()[drawn]) * rng_for(key, "arc_noise").standard_normal(drawn.size)
-    share += 1.0
-    return noisy, np.divide(invvar, share, out=share)   # 1 / (1/invvar + var), and 0 where invvar is 0
+    with np.errstate(divide="ignore"):   # 1 / 0 = inf where there is no data, and 1 / inf = 0 back
+        new_invvar = np.reciprocal(iv)
+        new_invvar += var
+        np.reciprocal(new_invvar, out=new_invvar)
+    return noisy, new_invvar
 
 
 def arc_snr(arc: np.ndarray, invvar: np.ndarray) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import pickle
 
 import numpy as np
@@ -227,3 +228,21 @@ def test_bad_render_inputs_raise_named_picklable_errors(call, name, error):
     assert isinstance(info.value, error)
     assert name in str(info.value)
     assert str(pickle.loads(pickle.dumps(info.value))) == str(info.value)
+
+
+def test_reach_is_the_lipschitz_bound_at_every_pixel():
+    """adaptive._reach (evaluated only in a box around the lens centre) equals |D beta| * half-diagonal from
+    RayMap.lipschitz at each pixel's closest distance to the lens centre, for lenses inside, at the edge of and
+    far outside the stamp, and stays finite-or-inf (no error) for an Einstein radius past float32."""
+    plan = adaptive._plan(64, PIX, 4)
+    half_diag = PIX / math.sqrt(2.0)
+    yy, xx = np.meshgrid(plan.axis, plan.axis, indexing="ij")
+    for theta_e, cx, cy in [(1.2, 0.1, -0.2), (2.5, 8.3, 0.0), (0.8, -40.0, 35.0), (3.0, 0.0, 8.5)]:
+        lens = SIEShear(theta_e, 0.1, -0.05, 0.03, 0.01, cx, cy)
+        rm = lens.ray_map
+        got = adaptive._reach(plan, [rm])[0]
+        r = np.maximum(np.hypot(xx - cx, yy - cy).ravel() - half_diag, 1e-2)
+        np.testing.assert_allclose(got, rm.lipschitz(r) * half_diag, rtol=1e-5)   # float32 arithmetic
+    huge = SIEShear(1e39, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    with np.errstate(over="ignore"):   # theta_E past float32
+        assert np.all(np.isinf(adaptive._reach(plan, [huge.ray_map])[0]))

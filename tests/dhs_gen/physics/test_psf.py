@@ -108,7 +108,8 @@ def test_validate_rejects_bad_kernels_with_named_picklable_errors(kernel, what):
 @pytest.mark.parametrize("call, name", [
     (lambda: gaussian_kernel(0.0, PIX), "fwhm_arcsec"), (lambda: moffat_kernel(1.0, PIX, beta=1.0), "beta"),
     (lambda: moffat_kernel(1.0, float("nan")), "pixscale_arcsec"), (lambda: gaussian_kernel(1.0, PIX, size=4), "size"),
-    (lambda: make_psf("airy", 1.0, PIX), "psf profile"),
+    (lambda: make_psf("airy", 1.0, PIX), "psf profile"), (lambda: moffat_kernel(1.0, PIX, oversample=0), "oversample"),
+    (lambda: gaussian_kernel(1.0, PIX, oversample=2.5), "oversample"),
 ])
 def test_bad_psf_parameters_raise_named_errors(call, name):
     with pytest.raises((RangeError, InvalidValueError)) as info:

@@ -183,6 +183,7 @@ def test_gaussian_clump_matches_erf_integral_of_offcentre_gaussian():
     ({"n_sersic": 0.2}, RangeError), ({"n_sersic": 9}, RangeError), ({"n_clumps_range": (5, 2)}, InvalidValueError),
     ({"clump_sigma_pix_range": (2.0, 1.0)}, InvalidValueError), ({"clump_flux_frac_range": (0.3, 0.1)}, InvalidValueError),
     ({"gradient_strength": -0.1}, RangeError), ({"H": 0}, InvalidValueError), ({"n_clumps_range": (1.5, 2)}, InvalidValueError),
+    ({"supersample": 0}, RangeError), ({"supersample": 2.5}, RangeError),
 ])
 def test_invalid_inputs_raise_named_errors(kwargs, err):
     with pytest.raises(err) as info:

@@ -67,6 +67,20 @@ def test_run_partitions_gives_each_task_its_payloads_and_reports_its_rows(spark,
     assert written == [["a"], ["bb"] * 2, ["ccc"] * 3]
 
 
+@pytest.mark.parametrize("as_frame", [False, True])
+def test_run_partitions_with_no_payloads_reports_an_empty_task(spark, tmp_path, as_frame):
+    schema = pa.schema([("payload", pa.string()), ("reject_reason", pa.string())])
+    tasks = (stage.task_frame if as_frame else stage.task_rdd)(spark, [])
+
+    def process(batches):
+        for batch in batches:
+            assert batch.num_rows == 0   # no payload reaches process, at most an empty batch
+        return iter(())
+
+    _, reports = stage.run_partitions(tasks, process, str(tmp_path / "out"), schema)
+    assert [(r["rows"], r["rejected"], r["path"]) for r in reports] == [(0, 0, None)]
+
+
 def test_table_payload_round_trips():
     table = pa.table({"brickname": ["a", None, "c"], "ra": [1.0, 2.0, float("nan")]})
     back = stage.payload_table(stage.table_payload(table))

@@ -288,6 +288,14 @@ def test_arc_photon_noise_is_poisson_where_it_matters_and_invvar_includes_it():
     assert np.all(new_invvar[1, :4] == 0)
     again, _ = add_arc_photon_noise(arc, invvar, gains, "task-1")
     assert np.array_equal(again, noisy)   # keyed: the same task draws the same noise
+    # pixels without data (invvar 0, negative or NaN) get no draw and keep invvar 0; infinite invvar gives 1/var;
+    # float32 inputs give float64 outputs
+    bad = invvar.copy()
+    bad[0, 10, 10:14] = [-1e4, -1e-3, np.nan, np.inf]
+    noisy32, iv32 = add_arc_photon_noise(arc.astype(np.float32), bad.astype(np.float32), gains, "task-1")
+    assert noisy32.dtype == iv32.dtype == np.float64
+    assert np.array_equal(iv32[0, 10, 10:13], [0.0, 0.0, 0.0]) and iv32[0, 10, 13] == pytest.approx(1 / var[0, 10, 13])
+    assert np.array_equal(noisy32[0, 10, 10:13], arc.astype(np.float32)[0, 10, 10:13].astype(np.float64))
 
 
 @pytest.mark.parametrize("fwhm", [0.9, 1.3, 1.8])
