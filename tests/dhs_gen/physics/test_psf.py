@@ -10,6 +10,7 @@ import pytest
 from astropy.convolution import discretize_model
 from astropy.modeling.functional_models import Gaussian2D, Moffat2D
 
+from dhs_gen.conventions import q_phi_from_ellipticity
 from dhs_gen.errors import InvalidValueError, RangeError
 from dhs_gen.physics.psf import (
     default_kernel_size,
@@ -77,6 +78,21 @@ def test_gaussian_matches_astropy_gaussian2d():
     ref = discretize_model(Gaussian2D(1.0, 0.0, 0.0, sigma_pix, sigma_pix), (-half, half + 1), (-half, half + 1),
                            mode="oversample", factor=5)
     np.testing.assert_allclose(gaussian_kernel(fwhm, PIX, size=size), ref / ref.sum(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("e1, e2, size, oversample", [(0.15, -0.08, 21, 5), (-0.05, 0.2, 25, 3), (0.1, 0.1, 21, 4)])
+def test_elliptical_gaussian_matches_astropy_gaussian2d(e1, e2, size, oversample):
+    """An elliptical kernel (evaluated on half its samples and turned by 180 degrees) against astropy's rotated
+    Gaussian2D averaged over the same point samples: R^2 = q x'^2 + y'^2 / q means sigma / sqrt(q) along the
+    major axis and sigma sqrt(q) along the minor one."""
+    fwhm = 1.2
+    sigma_pix = fwhm / PIX / (2 * math.sqrt(2 * math.log(2)))
+    q, phi = q_phi_from_ellipticity(e1, e2)
+    model = Gaussian2D(1.0, 0.0, 0.0, sigma_pix / math.sqrt(q), sigma_pix * math.sqrt(q), theta=phi)
+    half = size // 2
+    ref = discretize_model(model, (-half, half + 1), (-half, half + 1), mode="oversample", factor=oversample)
+    k = gaussian_kernel(fwhm, PIX, e1=e1, e2=e2, size=size, oversample=oversample)
+    np.testing.assert_allclose(k, ref / ref.sum(), rtol=1e-10, atol=1e-16)
 
 
 def test_elliptical_kernel_is_elongated_along_its_position_angle():

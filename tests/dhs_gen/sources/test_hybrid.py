@@ -8,7 +8,7 @@ import pytest
 from scipy import special
 
 from dhs_gen.errors import InvalidValueError, RangeError
-from dhs_gen.sources.hybrid import generate_hybrid_source, sersic_template
+from dhs_gen.sources.hybrid import CORE_HALF_PIX, CORE_SUPERSAMPLE, generate_hybrid_source, sersic_template
 
 SMOOTH = {"n_clumps_range": (0, 0), "gradient_strength": 0.0}
 
@@ -202,3 +202,28 @@ def test_clumps_image_is_the_sum_of_its_gaussian_clumps():
     expected = sum(c["flux_frac"] * gaussian_clump(30, 26, c["x_pix"], c["y_pix"], c["sigma_pix"]) for c in clumps)
     np.testing.assert_allclose(clumps_image(30, 26, clumps), expected, rtol=1e-12, atol=1e-18)
     assert not clumps_image(30, 26, []).any()
+
+
+@pytest.mark.parametrize("h, w, supersample", [(96, 96, 2), (33, 40, 3), (17, 17, 4), (2, 5, 1)])
+def test_sersic_template_equals_a_plain_full_grid_evaluation(h, w, supersample):
+    """sersic_template (evaluated on half its pixel rows and turned by 180 degrees) equals the profile averaged
+    over every point sample of every pixel, written out plainly: any size, odd or even, square or not."""
+    re_pix, n, q, phi = 3.0, 1.4, 0.6, 0.7
+    b = special.gammaincinv(2 * n, 0.5)
+
+    def pixel_means(rows, cols, s):
+        offs = (np.arange(s) + 0.5) / s - 0.5
+        ys = ((rows - (h - 1) / 2.0)[:, None] + offs).ravel()
+        xs = ((cols - (w - 1) / 2.0)[:, None] + offs).ravel()
+        yy, xx = np.meshgrid(ys, xs, indexing="ij")
+        xp, yp = math.cos(phi) * xx + math.sin(phi) * yy, -math.sin(phi) * xx + math.cos(phi) * yy
+        r = np.sqrt(q * xp**2 + yp**2 / q)
+        sb = np.exp(-b * ((r / re_pix) ** (1 / n) - 1))
+        return sb.reshape(len(rows), s, len(cols), s).mean(axis=(1, 3))
+
+    rows, cols = np.arange(h, dtype=float), np.arange(w, dtype=float)
+    ref = pixel_means(rows, cols, supersample)
+    core_r = np.flatnonzero(np.abs(rows - (h - 1) / 2.0) <= CORE_HALF_PIX)
+    core_c = np.flatnonzero(np.abs(cols - (w - 1) / 2.0) <= CORE_HALF_PIX)
+    ref[np.ix_(core_r, core_c)] = pixel_means(rows[core_r], cols[core_c], CORE_SUPERSAMPLE)
+    np.testing.assert_allclose(sersic_template(h, w, re_pix, n, q, phi, supersample), ref / ref.sum(), rtol=1e-12)
