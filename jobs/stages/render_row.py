@@ -200,12 +200,14 @@ def arc_snr(arc: np.ndarray, invvar: np.ndarray) -> float:
     return float(np.sqrt(weighted.sum()))
 
 
-def apply_artifacts(stamp: np.ndarray, profile: str, key: str, cfg: InjectionConfig, noise_scale=None):
+def apply_artifacts(stamp: np.ndarray, profile: str, key: str, cfg: InjectionConfig, host: HostValues | None = None):
     """The row's Gen8 artifact profile, keyed by pair so a pair shares its artifacts; returns (stamp, meta).
 
     No PSF step here (``psf_fwhm_pix=None``): anisotropy went into the arc's PSF
-    (:func:`arc_psf_anisotropy`); the real cutout already carries its real PSF. ``noise_scale``: the
-    noise scales the artifacts are measured in (:class:`HostValues`: the bare host's, for every row of the host).
+    (:func:`arc_psf_anisotropy`); the real cutout already carries its real PSF. ``host``: the row's
+    :class:`HostValues`, whose noise scales are the artifacts' unit for every row of the host (an injection's
+    own MAD grows with its arc, and would make its artifacts stronger than its control's); without it, the
+    stamp's own noise.
     """
     if profile == "none":
         return stamp, {}
@@ -213,7 +215,8 @@ def apply_artifacts(stamp: np.ndarray, profile: str, key: str, cfg: InjectionCon
 
     out = apply_domain_randomization_bands(stamp, key, psf_fwhm_pix=None,
                                            cfg=artifact_config(profile, **cfg.artifact_overrides.get(profile, {})),
-                                           moffat_beta=cfg.moffat_beta or 3.5, noise_scale=noise_scale)
+                                           moffat_beta=cfg.moffat_beta or 3.5,
+                                           noise_scale=None if host is None else host.noise_scale)
     return np.asarray(out["img"], dtype=np.float64), out["meta"]
 
 
@@ -290,10 +293,7 @@ def render_row(row: dict, cutout, cfg: InjectionConfig, banks: dict, git_sha: st
             arc = azimuthal_shuffle(arc, key=row["pair_id"])
         noisy_arc, invvar = add_arc_photon_noise(arc, invvar, cfg.arc_gain_e_per_nmgy, row["task_id"])
         stamp = host + noisy_arc
-    # Artifacts are in units of the host's noise for every row of a pair: scaled by the noise of the stamp
-    # itself, an injection's would be stronger than its control's by as much as the arc raises the MAD.
-    stamp, art_meta = apply_artifacts(stamp, row["artifact_profile"], row["pair_id"], cfg,
-                                      noise_scale=shared.noise_scale if row["artifact_profile"] != "none" else None)
+    stamp, art_meta = apply_artifacts(stamp, row["artifact_profile"], row["pair_id"], cfg, shared)
     if psf_e is not None:
         art_meta = {**art_meta, "arc_psf_e1e2": list(psf_e)}
     if not np.all(np.isfinite(stamp)):
