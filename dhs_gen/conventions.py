@@ -91,6 +91,15 @@ def elliptical_r2_grid(ys: np.ndarray, xs: np.ndarray, q: float, phi_rad: float)
     return r2
 
 
+def make_antisymmetric(axis: np.ndarray) -> np.ndarray:
+    """``axis`` (sample coordinates symmetric about 0 up to rounding) with its second half set, in place, to its
+    first half negated and reversed: exactly antisymmetric, so a profile of the elliptical radius on a grid of
+    such axes is point-symmetric to the bit and half of it can be turned by 180 degrees instead of evaluated."""
+    m = axis.size
+    axis[m - m // 2:] = -axis[:m // 2][::-1]
+    return axis
+
+
 def pixel_centers_arcsec(n_pix: int, pixscale_arcsec: float) -> np.ndarray:
     """1-D pixel-centre coordinates (arcsec) of an ``n_pix`` grid centred on the origin."""
     return (np.arange(n_pix, dtype=float) - (n_pix - 1) / 2.0) * pixscale_arcsec

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from dhs_gen.conventions import block_mean, elliptical_r2_grid, q_phi_from_ellipticity
+from dhs_gen.conventions import block_mean, elliptical_r2_grid, make_antisymmetric, q_phi_from_ellipticity
 from dhs_gen.errors import InvalidValueError, RangeError, check_range
 
 DEFAULT_MAX_KERNEL_SIZE = 63
@@ -38,13 +38,12 @@ def _profile_samples(size: int, pixscale_arcsec: float, oversample: int, e1: flo
     """``profile(R^2)`` (in place on an R^2 array, arcsec^2) at the ``oversample x oversample`` point samples of
     every kernel pixel, in the sub-pixel order :func:`dhs_gen.conventions.block_mean` averages.
 
-    An elliptical profile is point-symmetric about the kernel centre and so is the sample grid (its axis is
-    made exactly antisymmetric), so only the first half of the rows is evaluated and the rest is that half
-    turned by 180 degrees: identical values at half the cost.
+    An elliptical profile is point-symmetric about the kernel centre and so is the sample grid (its axis
+    goes through :func:`dhs_gen.conventions.make_antisymmetric`), so only the first half of the rows is
+    evaluated and the rest is that half turned by 180 degrees: identical values at half the cost.
     """
     n = size * oversample
-    axis = ((np.arange(n) + 0.5) / oversample - size / 2.0) * pixscale_arcsec
-    axis[n - n // 2:] = -axis[:n // 2][::-1]
+    axis = make_antisymmetric(((np.arange(n) + 0.5) / oversample - size / 2.0) * pixscale_arcsec)
     q, phi = q_phi_from_ellipticity(e1, e2)
     h = n - n // 2
     half = profile(elliptical_r2_grid(axis[:h], axis, float(q), float(phi)))

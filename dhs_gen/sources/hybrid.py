@@ -28,7 +28,7 @@ import math
 import numpy as np
 from scipy import special
 
-from dhs_gen.conventions import block_mean, elliptical_r2_grid
+from dhs_gen.conventions import block_mean, elliptical_r2_grid, make_antisymmetric
 from dhs_gen.errors import InvalidValueError, check_range
 from dhs_gen.sources.profiles import sersic_b_n
 from dhs_gen.utils import rng_for
@@ -55,13 +55,9 @@ _SALT = "gen7_hybrid_v1"
 
 def _sample_axis(pixels: np.ndarray, n: int, supersample: int) -> np.ndarray:
     """Coordinates (pixels from the centre of an ``n``-pixel axis) of the ``supersample`` points of each of
-    ``pixels``, a set symmetric about that centre; made exactly antisymmetric, so the sample grid is
-    point-symmetric to the bit."""
+    ``pixels``, a set symmetric about that centre (:func:`dhs_gen.conventions.make_antisymmetric`)."""
     offs = (np.arange(supersample) + 0.5) / supersample - 0.5
-    axis = ((pixels - (n - 1) / 2.0)[:, None] + offs[None, :]).ravel()
-    m = axis.size
-    axis[m - m // 2:] = -axis[:m // 2][::-1]
-    return axis
+    return make_antisymmetric(((pixels - (n - 1) / 2.0)[:, None] + offs[None, :]).ravel())
 
 
 def _sersic_pixels(pixel_rows: np.ndarray, pixel_cols: np.ndarray, h: int, w: int, n_sersic: float, q: float,
