@@ -5,7 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from dhs_gen.conventions import block_mean, elliptical_r2_grid, pixel_grid_arcsec, q_phi_from_ellipticity
+from dhs_gen.conventions import (
+    block_mean,
+    elliptical_r2_grid,
+    make_antisymmetric,
+    pixel_grid_arcsec,
+    q_phi_from_ellipticity,
+)
 
 
 @pytest.mark.parametrize("rows, cols, s", [(96, 96, 2), (8, 8, 16), (27, 27, 5), (5, 7, 4), (3, 4, 1)])
@@ -31,3 +37,15 @@ def test_elliptical_r2_grid_is_the_rotated_elliptical_radius(e1, e2):
     xr, yr = c * x + s * y, -s * x + c * y
     np.testing.assert_allclose(elliptical_r2_grid(ys, xs, float(q), float(phi)), q * xr**2 + yr**2 / q,
                                rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("n, s", [(25, 5), (24, 3), (7, 3), (1, 1), (2, 1)])
+def test_make_antisymmetric_keeps_the_first_half_and_mirrors_it_exactly(n, s):
+    axis = ((np.arange(n * s) + 0.5) / s - n / 2.0) * 0.262
+    first = axis[:axis.size // 2].copy()
+    out = make_antisymmetric(axis)
+    assert out is axis and np.array_equal(out[:first.size], first)
+    assert np.array_equal(out, -out[::-1])                 # to the bit
+    np.testing.assert_allclose(out, ((np.arange(n * s) + 0.5) / s - n / 2.0) * 0.262, rtol=0, atol=1e-14)
+    r2 = elliptical_r2_grid(out, out, 0.6, 0.4)
+    assert np.array_equal(r2, r2[::-1, ::-1])              # a grid of it is point-symmetric to the bit
