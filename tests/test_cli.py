@@ -52,3 +52,18 @@ def test_a_missing_input_is_one_error_line_and_exit_2(argv, tmp_path, capsys):
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(Exception, match="_manifest.json"):
         cli.main(["train", "--stamps", MISSING, "--out", str(tmp_path / "o"), "--debug"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["manifest", "--parent", f"{MISSING}.parquet", "--config", "demo", "--out", "{tmp}/o", "--partitions", "0"],
+    ["inject", "--manifest", MISSING, "--coadds", MISSING, "--out", "{tmp}/o", "--partitions", "-2"],
+    ["score", "--checkpoint", f"{MISSING}.pt", "--input", MISSING, "--out", "{tmp}/o", "--partitions", "0"],
+    ["demo", "--out", "{tmp}/o", "--partitions", "0"],
+])
+def test_a_partition_count_below_one_is_refused_before_anything_runs(argv, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "error: argument --partitions" in err and "integer >= 1" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()

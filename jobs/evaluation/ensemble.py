@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from dhs_gen.errors import InvalidValueError
 from jobs.evaluation import score
-from jobs.runtime import outputs, storage
+from jobs.runtime import outputs, stage, storage
 
 MEMBERS_DIR = "_members"
 
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", nargs="+", required=True, help="two or more checkpoints (local or s3://)")
     p.add_argument("--input", required=True, help="stamps or anchor dataset (directory with _manifest.json)")
     p.add_argument("--out", required=True, help="output directory (local or s3://)")
-    p.add_argument("--partitions", type=int, default=None, help="Spark partitions per member")
+    p.add_argument("--partitions", type=stage.partition_count, default=None, help="Spark partitions per member")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     return p
 

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from dhs_gen.augmentation.negatives import core_mask
 from dhs_gen.errors import InvalidValueError, check_choice, check_range
 from dhs_gen.validation.quality_checks import decode_stamp_npz
-from jobs.runtime import storage
+from jobs.runtime import stage, storage
 from jobs.runtime.schema import decode_image
 from jobs.training.model import DEVICES, resolve_device
 
@@ -211,8 +211,6 @@ def transform(df, checkpoint_uri: str, mask: str | None = None, radius_pix: floa
     """DataFrame of stamps (or anchors) -> DataFrame of scores (:func:`scored_schema`), via ``mapInArrow``."""
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    from jobs.runtime import stage
-
     out = scored_schema(to_arrow_schema(df.schema))
     return df.mapInArrow(lambda b: _score_batches(b, checkpoint_uri, mask, radius_pix, batch_size),
                          stage.spark_schema(out))
@@ -242,7 +240,7 @@ def run(checkpoint_uri: str, input_uri: str, out_uri: str, batch_size: int = DEF
 
     ``device`` (cpu | cuda | auto) is where each executor runs the model.
     """
-    from jobs.runtime import outputs, stage
+    from jobs.runtime import outputs
     from jobs.spark import get_spark
 
     t0 = time.perf_counter()
@@ -296,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", choices=MASKS, default=None, help="leakage mask: region blanked before scoring")
     p.add_argument("--mask-radius-pix", type=float, default=DEFAULT_CORE_RADIUS_PIX,
                    help=f"core radius in pixels (default {DEFAULT_CORE_RADIUS_PIX:g})")
-    p.add_argument("--partitions", type=int, default=None, help="Spark partitions (default: one per row group, capped)")
+    p.add_argument("--partitions", type=stage.partition_count, default=None,
+                   help="Spark partitions (default: one per row group, capped)")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="where executors run the model (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     return p

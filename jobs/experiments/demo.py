@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from dhs_gen.json_values import finite_or_none
+from jobs.runtime import stage
 from jobs.runtime.config import load_config, shared_data_dir
 
 
@@ -194,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
     p.add_argument("--n-bricks", type=int, default=6, help="bricks in the synthetic sky (default 6)")
     p.add_argument("--n-lrg", type=int, default=60, help="LRG hosts per brick (default 60)")
-    p.add_argument("--partitions", type=int, default=4, help="Spark partitions (default 4)")
+    p.add_argument("--partitions", type=stage.partition_count, default=4, help="Spark partitions (default 4)")
     p.add_argument("--epochs", type=int, default=8, help="CPU training epochs (default 8)")
     p.add_argument("--skip-train", action="store_true", help="stop after 4c")
     return p

@@ -34,6 +34,7 @@ from jobs.experiment import ExperimentConfig, set_all_seeds
 from jobs.runtime import storage
 from jobs.runtime.config import shared_data_dir
 from jobs.runtime.outputs import git_provenance
+from jobs.runtime.stage import partition_count
 
 STEPS = ("manifest", "stamps", "model", "scores", "eval")
 STATE_FILE = "experiment_state.json"
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="replace a field, dotted (repeatable): --set training.epochs=2 --set output_dir=out/e1")
     r.add_argument("--until", choices=STEPS, default="eval", help="last step to run (default eval)")
-    r.add_argument("--partitions", type=int, default=4, help="Spark partitions of 4a/4c (default 4)")
+    r.add_argument("--partitions", type=partition_count, default=4, help="Spark partitions of 4a/4c (default 4)")
     r.add_argument("--master", default=None, help="Spark master (default: local[*] or spark-submit's)")
     r.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of another config in output_dir (each only once its successor commits)")

@@ -234,10 +234,24 @@ def stage_parser(prog: str, doc: str):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def partition_count(text: str) -> int:
+    """argparse type of ``--partitions``: an integer >= 1 (0 or a negative count is refused with the usage line,
+    before anything is read or Spark starts)."""
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the number of Spark partitions must be an integer >= 1")
+    return n
+
+
 def add_output_args(p, what: str) -> None:
     """The options every Spark stage shares: where to write, how many partitions, overwrite."""
     p.add_argument("--out", required=True, help=f"output directory or s3:// URI for the {what}")
-    p.add_argument("--partitions", type=int, default=4, help="Spark partitions (default 4)")
+    p.add_argument("--partitions", type=partition_count, default=4, help="Spark partitions (default 4)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
