@@ -18,11 +18,13 @@ Adaptive supersampling (default, ``adaptive=True``)
     within 2 pixels of the lens centre, where the ray map folds. A template is 0 wherever its
     support cannot reach, so its coarse pass only needs the pixel centres.
 
-    Block culling: when scalar bounds say part of the stamp cannot reach a source
-    (:func:`_may_cull`; compact profiles, templates), 8x8-pixel blocks are bounded first (one ray
-    per block centre, the Lipschitz disk of the block, ``sb_bound`` of the nearest frame radius
-    it can reach) and dropped, faintest first, while their bounds add up to at most
-    ``DEFAULT_CULL_TOL`` (1e-5) of the source's flux. A rigorous bound: never an error above it.
+    Block culling: on stamps of ``CULL_MIN_STAMP_PIX`` (160) pixels or more, when scalar bounds
+    say part of the stamp cannot reach a Sersic source (:func:`_may_cull`; compact profiles),
+    8x8-pixel blocks are bounded first (one ray per block centre, the Lipschitz disk of the block,
+    ``sb_bound`` of the nearest frame radius it can reach) and dropped, faintest first, while
+    their bounds add up to at most ``DEFAULT_CULL_TOL`` (1e-5) of the source's flux. A rigorous
+    bound: never an error above it. Smaller stamps (DR10's 64 px) and templates skip it: there
+    it costs more than it saves.
 
     Accuracy/speed (``make bench``, DR10-like tasks: theta_E 0.8-2.5", r_eff 0.1-0.5", n 0.5-4,
     64x64, s = 4): ``refine_tol = 1e-3`` ray-shoots ~11k points instead of 65k and differs from
@@ -62,6 +64,10 @@ from dhs_gen.sources.profiles import SersicSource
 DEFAULT_REFINE_TOL = 1e-3
 DEFAULT_CULL_TOL = 1e-5
 BLOCK_PIX = 8  # side of the blocks culled before the coarse pass, pixels
+# Culling bounds the blocks (~50 us for 64 of them) and gathers the kept lattice: measured on the bench's Sersic
+# tasks it costs more than it saves below ~160 px stamps (64 px: 327 vs 197 us a culled task; 192 px: 547 vs
+# 631), and never pays for templates, whose coarse pass already evaluates pixel centres only.
+CULL_MIN_STAMP_PIX = 160
 _CENTRE_GUARD_PIX = 2.0  # pixels around the lens centre that are always supersampled
 _FINE_CHUNK_RAYS = 16384  # rays per fine-pass chunk: its ~10 float32 rows stay in a core's L2 cache
 _GROUP_TASKS = 8  # tasks per vectorised coarse pass: ~3 MB of float32 temporaries at 64x64
@@ -78,6 +84,7 @@ class _Plan:
     coarse_xy1: np.ndarray   # (3, (N+1)^2 + N^2) float32: (x, y, 1) of pixel corners, then centres, arcsec
     centres: np.ndarray      # (2, N^2) float64 pixel centres, arcsec (row-major)
     axis: np.ndarray         # (N,) pixel-centre coordinate along either axis, arcsec
+    axis32: np.ndarray       # the same in float32
     sub: np.ndarray          # (2, s^2) float64 sub-pixel offsets from the pixel centre, arcsec
     block_of_pixel: np.ndarray  # (N, N) flat block index of every pixel
     block_centres: np.ndarray   # (3, nb^2) float64: (x, y, 1) of block centres, arcsec
@@ -105,7 +112,7 @@ def _plan(stamp_size: int, pixscale_arcsec: float, supersample: int) -> _Plan:
     lo_x, lo_y = np.meshgrid(lo1, lo1)
     hi_x, hi_y = np.meshgrid(hi1, hi1)
     ii = np.arange(n) // BLOCK_PIX
-    arrays = dict(coarse_xy1=coarse, centres=np.stack([cx.ravel(), cy.ravel()]), axis=c,
+    arrays = dict(coarse_xy1=coarse, centres=np.stack([cx.ravel(), cy.ravel()]), axis=c, axis32=c.astype(np.float32),
                   sub=np.stack([ox.ravel(), oy.ravel()]), block_of_pixel=ii[:, None] * nb + ii[None, :],
                   block_centres=np.stack([(0.5 * (lo_x + hi_x)).ravel(), (0.5 * (lo_y + hi_y)).ravel(),
                                           np.ones(nb * nb)]),
@@ -144,9 +151,11 @@ def _frame_sb(reps, uv) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- adaptive pass
 def _may_cull(plan, ray_map, reps, cull_tol) -> bool:
-    """Whether block culling can drop anything: some image point of the stamp maps beyond every source's
-    ``cull_radius`` at the per-block flux share. Scalar bounds only, so skipping is cheap (culling is
-    then simply not tried: always safe)."""
+    """Whether block culling is tried: a stamp of at least ``CULL_MIN_STAMP_PIX`` with a Sersic shape, some
+    image point of which maps beyond every source's ``cull_radius`` at the per-block flux share. Scalar bounds
+    only, so skipping is cheap (culling is then simply not tried: always safe)."""
+    if plan.n < CULL_MIN_STAMP_PIX or all(rep.core_is_support for rep in reps):
+        return False
     q, eps = ray_map.q, ray_map.eps
     alpha_max = float(np.abs(ray_map.angular[0]).sum()) * math.hypot(math.atan(eps / q), math.atanh(min(eps, 1 - 1e-12)))
     half = 0.5 * plan.n * plan.pixscale  # half side of the stamp, arcsec
@@ -189,36 +198,69 @@ def _reach(plan, ray_maps, centre_idx=None) -> np.ndarray:
 
     ``|D beta| * half-diagonal`` with :meth:`RayMap.lipschitz` at the pixel's distance from the
     lens centre; a compact source whose core is that close may slip between the five rays.
-    Beyond ``theta_e / (2 sqrt(q))`` (plus the half-diagonal) of the lens centre the bound is
-    ``1 + |gamma|``: only the pixels of a box around the centre need the formula.
     """
     n = plan.n
-    half_diag = np.float32(plan.pixscale / math.sqrt(2.0))
-    ax = plan.axis.astype(np.float32)
     out = np.empty((len(ray_maps), n * n), dtype=np.float32)
     for t, rm in enumerate(ray_maps):
-        (cx, cy), lens_scale, gamma = rm.center, np.float32(rm.theta_e / math.sqrt(rm.q)), np.float32(rm.gamma)
+        outside, rows, cols, box = _reach_box(plan, rm)
         reach = out[t].reshape(n, n)
-        reach[...] = (np.float32(1.0) + gamma) * half_diag
-        # a pixel whose 2 kappa bound stays below 2 keeps 1 + |gamma|; the box holds every other one, with a margin
-        r_box = (0.5 * float(lens_scale) + float(half_diag)) / plan.pixscale + 2.0
-        if not math.isfinite(r_box):   # an Einstein radius past float32: every pixel
-            r_box = 2.0 * plan.n + abs(cx / plan.pixscale) + abs(cy / plan.pixscale)
-        rows = _index_span(cy, r_box, plan)
-        cols = _index_span(cx, r_box, plan)
-        if rows.start >= rows.stop or cols.start >= cols.stop:
-            continue
-        r = np.square(ax[rows, None] - np.float32(cy)) + np.square(ax[None, cols] - np.float32(cx))
-        np.sqrt(r, out=r)
-        r -= half_diag
-        np.maximum(r, np.float32(1e-2), out=r)  # closer pixels are inside the centre guard anyway
-        np.divide(lens_scale, r, out=r)  # >= 2 kappa at the pixel's closest point
-        r -= np.float32(1.0)
-        np.maximum(r, np.float32(1.0), out=r)
-        r += gamma
-        r *= half_diag
-        reach[rows, cols] = r
+        reach[...] = outside
+        if box is not None:
+            reach[rows, cols] = box
     return out if centre_idx is None else out.take(centre_idx, axis=1)
+
+
+def _reach_box(plan, rm):
+    """:func:`_reach` of one ray map as ``(outside, rows, cols, box)``: the float32 value of every pixel outside
+    the box ``[rows, cols]`` about the lens centre and the (float32) values inside it (None: an empty box).
+
+    Beyond ``theta_e / (2 sqrt(q))`` (plus the half-diagonal) of the lens centre the bound is ``1 + |gamma|``:
+    only the pixels of a box around the centre need the formula.
+    """
+    half_diag = np.float32(plan.pixscale / math.sqrt(2.0))
+    (cx, cy), lens_scale, gamma = rm.center, np.float32(rm.theta_e / math.sqrt(rm.q)), np.float32(rm.gamma)
+    outside = (np.float32(1.0) + gamma) * half_diag
+    # a pixel whose 2 kappa bound stays below 2 keeps 1 + |gamma|; the box holds every other one, with a margin
+    r_box = (0.5 * float(lens_scale) + float(half_diag)) / plan.pixscale + 2.0
+    if not math.isfinite(r_box):   # an Einstein radius past float32: every pixel
+        r_box = 2.0 * plan.n + abs(cx / plan.pixscale) + abs(cy / plan.pixscale)
+    rows, cols = _index_span(cy, r_box, plan), _index_span(cx, r_box, plan)
+    if rows.start >= rows.stop or cols.start >= cols.stop:
+        return outside, rows, cols, None
+    ax = plan.axis32
+    r = np.square(ax[rows, None] - np.float32(cy)) + np.square(ax[None, cols] - np.float32(cx))
+    np.sqrt(r, out=r)
+    r -= half_diag
+    np.maximum(r, np.float32(1e-2), out=r)  # closer pixels are inside the centre guard anyway
+    np.divide(lens_scale, r, out=r)  # >= 2 kappa at the pixel's closest point
+    r -= np.float32(1.0)
+    np.maximum(r, np.float32(1.0), out=r)
+    r += gamma
+    r *= half_diag
+    return outside, rows, cols, r
+
+
+def _near_sersic_cores(plan, ray_maps, r2_centres, stretch) -> np.ndarray:
+    """(T, N*N) bool: pixels whose footprint may meet the half-light ellipse of one of their task's Sersic shapes.
+
+    ``r2_centres`` (T, P, N*N) float32: :meth:`SersicSource.frame_radius2` of the pixel centres' rays;
+    ``stretch`` (T, P) float32 frame stretches. :meth:`SersicSource.near_core` with :func:`_reach` as the
+    margin, evaluated with the formula only inside each lens's box and with one threshold outside it.
+    """
+    n_tasks, n_pairs, n = len(ray_maps), r2_centres.shape[1], plan.n
+    near = np.empty((n_tasks, n * n), dtype=bool)
+    for t, rm in enumerate(ray_maps):
+        outside, rows, cols, box = _reach_box(plan, rm)
+        r2 = r2_centres[t]
+        limit = np.square(np.float32(1.0) + stretch[t] * outside)   # (P,) float32, as near_core's (1 + margin)^2
+        np.less_equal(r2[0], limit[0], out=near[t])
+        for j in range(1, n_pairs):
+            near[t] |= r2[j] <= limit[j]
+        if box is not None:
+            near_box = near[t].reshape(n, n)[rows, cols]   # a view: written in place
+            for j in range(n_pairs):
+                near_box |= SersicSource.near_radius2(r2[j].reshape(n, n)[rows, cols], stretch[t, j] * box)
+    return near
 
 
 def _index_span(centre: float, radius_pix: float, plan) -> slice:
@@ -280,10 +322,10 @@ def _coarse_group(plan, ray_maps, coeffs, reps, refine_tol):
         uv[t] += c32[t, :, 3:] @ ab[t]
     uv = uv.reshape(n_tasks * n_pairs, 2, -1)
     n_c = (n + 1) ** 2
-    stretch = np.array([r.frame_stretch for r in reps], dtype=np.float32).reshape(n_tasks, n_pairs, 1)
-    u_c, v_c = (uv[:, k, n_c:].reshape(n_tasks, n_pairs, -1) for k in (0, 1))
-    near = SersicSource.near_core(u_c, v_c, stretch * _reach(plan, ray_maps)[:, None, :]).any(axis=1)
-    f = SersicSource.frame_sb(reps, uv)
+    stretch = np.array([r.frame_stretch for r in reps], dtype=np.float32).reshape(n_tasks, n_pairs)
+    r2 = SersicSource.frame_radius2(uv)
+    near = _near_sersic_cores(plan, ray_maps, r2[:, n_c:].reshape(n_tasks, n_pairs, -1), stretch)
+    f = SersicSource.radius2_sb(reps, r2)
     pix, sharp = _five_point(f[:, :n_c].reshape(-1, n + 1, n + 1), f[:, n_c:], refine_tol)
     active = sharp.reshape(n_tasks, n_pairs, -1).any(axis=1)
     active |= near

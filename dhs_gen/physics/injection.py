@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import fft as sfft
@@ -79,6 +80,7 @@ def _validate_task(lens, sources, psfs):
 
 
 # ----------------------------------------------------------------------------- convolution
+@lru_cache(maxsize=64)
 def _fft_shape(n: int, k: int) -> tuple[int, int]:
     """Circular FFT size for a "same" convolution: n + (k-1)/2 keeps every wrapped term out of
     the cropped window (the full result spans n + k - 1; only indices (k-1)/2 .. n-1+(k-1)/2 are kept)."""
@@ -118,9 +120,11 @@ def _convolve_scaled(images, image_of_out, scale_of_out, psfs, dtype) -> np.ndar
     convolution is linear, so only the kernel and the flux scale differ per band.
     """
     m, h, w = images.shape
-    k = max(p.shape[0] for p in psfs)
-    shape = _fft_shape(max(h, w), k)
-    spec = sfft.rfft2(images.astype(dtype, copy=False), s=shape, axes=(1, 2), workers=1)
+    sizes = {p.shape[0] for p in psfs}
+    shape = _fft_shape(max(h, w), max(sizes))
+    padded = np.zeros((m,) + shape, dtype=dtype)   # padded here: scipy would copy once more to pad
+    padded[:, :h, :w] = images
+    spec = sfft.rfft2(padded, axes=(1, 2), workers=1, overwrite_x=True)
     prod = np.empty((len(psfs),) + spec.shape[1:], dtype=spec.dtype)
     kernel_ffts: dict = {}  # by object first: tobytes() (the cache key) once per distinct array
     for i, p in enumerate(psfs):
@@ -130,13 +134,13 @@ def _convolve_scaled(images, image_of_out, scale_of_out, psfs, dtype) -> np.ndar
         np.multiply(spec[image_of_out[i]], kf, out=prod[i])
     full = sfft.irfft2(prod, s=shape, axes=(1, 2), workers=1, overwrite_x=True)
     # "same": a kernel of size kb (odd) shifts the full output by (kb-1)/2
-    offsets = [(p.shape[0] - 1) // 2 for p in psfs]
     out = np.empty((len(psfs), h, w))
-    if len(set(offsets)) == 1:
-        o = offsets[0]
+    if len(sizes) == 1:
+        o = (sizes.pop() - 1) // 2
         np.multiply(full[:, o:o + h, o:o + w], np.asarray(scale_of_out)[:, None, None], out=out)
     else:
-        for i, o in enumerate(offsets):
+        for i, p in enumerate(psfs):
+            o = (p.shape[0] - 1) // 2
             np.multiply(full[i, o:o + h, o:o + w], scale_of_out[i], out=out[i])
     return out
 

@@ -144,7 +144,12 @@ class SersicSource:
     @staticmethod
     def near_core(u, v, margin):
         """True where a disk of radius ``margin`` (frame units) about (u, v) meets the half-light ellipse."""
-        return u * u + v * v <= (1.0 + margin) ** 2
+        return SersicSource.near_radius2(u * u + v * v, margin)
+
+    @staticmethod
+    def near_radius2(r2, margin):
+        """:meth:`near_core` from ``r2 = u^2 + v^2`` (:meth:`frame_radius2`)."""
+        return r2 <= (1.0 + margin) ** 2
 
     def sb_bound(self, rho):
         """Upper bound of the surface brightness (flux per arcsec^2) at frame radius >= ``rho`` (r_eff)."""
@@ -166,15 +171,25 @@ class SersicSource:
 
         ``uv`` (P, 2, n) float32/float64 (U, V rows, overwritten as scratch); returns ``uv[:, 0]``.
         """
-        params = np.array([s._frame_params for s in sources], dtype=uv.dtype)[:, :, None]  # (P, 3, 1)
+        return SersicSource.radius2_sb(sources, SersicSource.frame_radius2(uv))
+
+    @staticmethod
+    def frame_radius2(uv: np.ndarray) -> np.ndarray:
+        """``(R / r_eff)^2`` (P, n) from frame coordinates ``uv`` (P, 2, n), computed in place: returns ``uv[:, 0]``."""
         u, v = uv[:, 0], uv[:, 1]
         u *= u
         v *= v
-        u += v  # (R / r_eff)^2
-        np.power(u, params[:, 0], out=u)  # (R / r_eff)^(1/n)
-        u *= params[:, 1]
-        u += params[:, 2]
-        return np.exp(u, out=u)  # I_e exp(b - b (R / r_eff)^(1/n))
+        u += v
+        return u
+
+    @staticmethod
+    def radius2_sb(sources, r2: np.ndarray) -> np.ndarray:
+        """Surface brightness (flux per arcsec^2) of P Sersic sources from :meth:`frame_radius2` (P, n), in place."""
+        params = np.array([s._frame_params for s in sources], dtype=r2.dtype)[:, :, None]  # (P, 3, 1)
+        np.power(r2, params[:, 0], out=r2)  # (R / r_eff)^(1/n)
+        r2 *= params[:, 1]
+        r2 += params[:, 2]
+        return np.exp(r2, out=r2)  # I_e exp(b - b (R / r_eff)^(1/n))
 
     def cull_radius(self, sb_floor: float) -> float:
         """Frame radius (r_eff) beyond which the surface brightness is below ``sb_floor`` (flux per arcsec^2)."""

@@ -170,21 +170,37 @@ def _compact_task(rng, template: bool):
 
 def test_block_culling_keeps_lenstronomy_accuracy_and_its_flux_bound():
     rng = np.random.default_rng(202)
-    plan = adaptive._plan(64, PIX, 4)
-    n_culled = 0
-    for i in range(16):
-        lens, src, psf = _compact_task(rng, template=i % 2 == 1)
+    size = adaptive.CULL_MIN_STAMP_PIX   # the smallest stamp culling is tried on
+    plan = adaptive._plan(size, PIX, 4)
+    n_culled, n_tasks = 0, 12
+    for _ in range(n_tasks):
+        lens, src, psf = _compact_task(rng, template=False)
         reps = [src]
         blocks = adaptive._active_blocks(plan, lens.ray_map, reps, adaptive.DEFAULT_CULL_TOL)
         if adaptive._may_cull(plan, lens.ray_map, reps, adaptive.DEFAULT_CULL_TOL):  # the renderer culls
             n_culled += int((~blocks).sum())
         # the bound is honest: the exact path's flux in the dropped blocks is within cull_tol of the source flux
-        exact = render_sb_bands(lens, [src], 64, PIX, 4, adaptive=False)[0]
+        exact = render_sb_bands(lens, [src], size, PIX, 4, adaptive=False)[0]
         dropped = exact[~blocks[plan.block_of_pixel]].sum()
         assert dropped <= adaptive.DEFAULT_CULL_TOL * src.flux
-        ref = render_arc(lens, src, psf, 64, PIX, supersample=4, engine="lenstronomy")
-        assert _l1(render_arc(lens, src, psf, 64, PIX, supersample=4), ref) < ORACLE_L1, (lens, src)
-    assert n_culled > 16 * 64 // 4  # and culling happened: over a quarter of the blocks dropped
+        ref = render_arc(lens, src, psf, size, PIX, supersample=4, engine="lenstronomy")
+        assert _l1(render_arc(lens, src, psf, size, PIX, supersample=4), ref) < ORACLE_L1, (lens, src)
+    assert n_culled > n_tasks * blocks.size // 4  # and culling happened: over a quarter of the blocks dropped
+
+
+def test_block_culling_is_not_tried_where_it_costs_more_than_it_saves():
+    """Below CULL_MIN_STAMP_PIX (DR10's 64 px stamps) and for templates, whose coarse pass is pixel centres only."""
+    rng = np.random.default_rng(202)
+    big = adaptive._plan(adaptive.CULL_MIN_STAMP_PIX, PIX, 4)
+    small = adaptive._plan(64, PIX, 4)
+    for template in (False, True):
+        lens, src, _ = _compact_task(rng, template=template)
+        tol = adaptive.DEFAULT_CULL_TOL
+        assert adaptive._may_cull(big, lens.ray_map, [src], tol) is not template, template
+        assert not adaptive._may_cull(small, lens.ray_map, [src], tol)
+        if template:   # beside a Sersic shape it is tried
+            sersic = _compact_task(rng, template=False)[1]
+            assert adaptive._may_cull(big, lens.ray_map, [sersic, src], tol)
 
 
 def test_batch_output_is_bit_identical_whatever_the_grouping():
