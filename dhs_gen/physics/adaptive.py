@@ -130,11 +130,17 @@ def _frame_coords(ray_map, coeffs, xy1, dtype) -> np.ndarray:
 
     ``coeffs`` (2P, 5) are the frames as functions of (x, y, 1, A, B) (``RayMap.functional``).
     """
-    m = xy1.shape[1]
-    basis = np.empty((5, m), dtype=dtype)
+    basis = np.empty((5, xy1.shape[1]), dtype=dtype)
     basis[:3] = xy1
+    return _basis_frame_coords(ray_map, coeffs, basis)
+
+
+def _basis_frame_coords(ray_map, coeffs, basis) -> np.ndarray:
+    """:func:`_frame_coords` of the points whose (x, y, 1) fill the first 3 rows of ``basis`` (5, m); the last two
+    rows receive (A, B)."""
+    dtype = basis.dtype
     ray_map.angular_terms(ray_map.frame.astype(dtype) @ basis[:3], out=basis[3:])
-    return (coeffs.astype(dtype) @ basis).reshape(-1, 2, m)
+    return (coeffs.astype(dtype) @ basis).reshape(-1, 2, basis.shape[1])
 
 
 def _frame_sb(reps, uv) -> np.ndarray:
@@ -181,8 +187,7 @@ def _active_blocks(plan, ray_map, reps, cull_tol) -> np.ndarray:
     cx, cy = ray_map.center
     gap = np.hypot(np.maximum(np.maximum(lo[0] - cx, cx - hi[0]), 0.0), np.maximum(np.maximum(lo[1] - cy, cy - hi[1]), 0.0))
     reach = ray_map.lipschitz(gap) * plan.block_half_diag  # arcsec in the source plane
-    uv = _frame_coords(ray_map, ray_map.functional(np.concatenate([r.frame_matrix() for r in reps])),
-                       plan.block_centres, np.float64)
+    uv = _frame_coords(ray_map, _coefficients(ray_map, reps), plan.block_centres, np.float64)
     active = np.zeros(plan.block_area.shape, dtype=bool)
     for j, rep in enumerate(reps):
         rho = np.hypot(uv[j, 0], uv[j, 1]) - rep.frame_stretch * reach  # frame radius the footprint can reach
@@ -198,68 +203,79 @@ def _reach(plan, ray_maps, centre_idx=None) -> np.ndarray:
 
     ``|D beta| * half-diagonal`` with :meth:`RayMap.lipschitz` at the pixel's distance from the
     lens centre; a compact source whose core is that close may slip between the five rays.
+    Outside :func:`_lens_box` the bound is ``1 + |gamma|``.
     """
     n = plan.n
+    half_diag = np.float32(plan.pixscale / math.sqrt(2.0))
     out = np.empty((len(ray_maps), n * n), dtype=np.float32)
     for t, rm in enumerate(ray_maps):
-        outside, rows, cols, box = _reach_box(plan, rm)
         reach = out[t].reshape(n, n)
-        reach[...] = outside
+        gamma = np.float32(rm.gamma)
+        reach[...] = (np.float32(1.0) + gamma) * half_diag
+        box = _lens_box(plan, rm)
         if box is not None:
-            reach[rows, cols] = box
+            rows, cols, r = box
+            np.divide(np.float32(rm.theta_e / math.sqrt(rm.q)), r, out=r)  # >= 2 kappa at the pixel's closest point
+            r -= np.float32(1.0)
+            np.maximum(r, np.float32(1.0), out=r)
+            r += gamma
+            r *= half_diag
+            reach[rows, cols] = r
     return out if centre_idx is None else out.take(centre_idx, axis=1)
 
 
-def _reach_box(plan, rm):
-    """:func:`_reach` of one ray map as ``(outside, rows, cols, box)``: the float32 value of every pixel outside
-    the box ``[rows, cols]`` about the lens centre and the (float32) values inside it (None: an empty box).
+def _lens_box(plan, rm):
+    """The pixels about the lens centre where ``|D beta|`` may exceed ``1 + |gamma|``: ``(rows, cols, d)`` with ``d``
+    (float32, arcsec) each one's closest distance to the centre, floored at 1e-2 (closer pixels are inside the
+    centre guard anyway); None when the box misses the stamp.
 
-    Beyond ``theta_e / (2 sqrt(q))`` (plus the half-diagonal) of the lens centre the bound is ``1 + |gamma|``:
-    only the pixels of a box around the centre need the formula.
+    Beyond ``theta_e / (2 sqrt(q))`` of the centre (2 kappa < 2) the bound is ``1 + |gamma|``; the box holds every
+    other pixel, with a margin of the half-diagonal plus 2 pixels.
     """
-    half_diag = np.float32(plan.pixscale / math.sqrt(2.0))
-    (cx, cy), lens_scale, gamma = rm.center, np.float32(rm.theta_e / math.sqrt(rm.q)), np.float32(rm.gamma)
-    outside = (np.float32(1.0) + gamma) * half_diag
-    # a pixel whose 2 kappa bound stays below 2 keeps 1 + |gamma|; the box holds every other one, with a margin
-    r_box = (0.5 * float(lens_scale) + float(half_diag)) / plan.pixscale + 2.0
+    half_diag = plan.pixscale / math.sqrt(2.0)
+    (cx, cy), lens_scale = rm.center, np.float32(rm.theta_e / math.sqrt(rm.q))
+    r_box = (0.5 * float(lens_scale) + half_diag) / plan.pixscale + 2.0
     if not math.isfinite(r_box):   # an Einstein radius past float32: every pixel
         r_box = 2.0 * plan.n + abs(cx / plan.pixscale) + abs(cy / plan.pixscale)
     rows, cols = _index_span(cy, r_box, plan), _index_span(cx, r_box, plan)
     if rows.start >= rows.stop or cols.start >= cols.stop:
-        return outside, rows, cols, None
+        return None
     ax = plan.axis32
-    r = np.square(ax[rows, None] - np.float32(cy)) + np.square(ax[None, cols] - np.float32(cx))
-    np.sqrt(r, out=r)
-    r -= half_diag
-    np.maximum(r, np.float32(1e-2), out=r)  # closer pixels are inside the centre guard anyway
-    np.divide(lens_scale, r, out=r)  # >= 2 kappa at the pixel's closest point
-    r -= np.float32(1.0)
-    np.maximum(r, np.float32(1.0), out=r)
-    r += gamma
-    r *= half_diag
-    return outside, rows, cols, r
+    d = np.hypot(ax[rows, None] - np.float32(cy), ax[None, cols] - np.float32(cx))
+    d -= np.float32(half_diag)
+    np.maximum(d, np.float32(1e-2), out=d)
+    return rows, cols, d
 
 
 def _near_sersic_cores(plan, ray_maps, r2_centres, stretch) -> np.ndarray:
     """(T, N*N) bool: pixels whose footprint may meet the half-light ellipse of one of their task's Sersic shapes.
 
     ``r2_centres`` (T, P, N*N) float32: :meth:`SersicSource.frame_radius2` of the pixel centres' rays;
-    ``stretch`` (T, P) float32 frame stretches. :meth:`SersicSource.near_core` with :func:`_reach` as the
-    margin, evaluated with the formula only inside each lens's box and with one threshold outside it.
+    ``stretch`` (T, P) frame stretches. :meth:`SersicSource.near_core` with :func:`_reach` as the margin,
+    ``(1 + stretch * reach)^2`` written as one threshold outside :func:`_lens_box` and, inside it,
+    ``(1 + k (gamma - 1) + k max(L / d, 2))^2`` with ``k = stretch * half-diagonal`` and ``L = theta_e / sqrt(q)``.
     """
     n_tasks, n_pairs, n = len(ray_maps), r2_centres.shape[1], plan.n
+    half_diag = plan.pixscale / math.sqrt(2.0)
     near = np.empty((n_tasks, n * n), dtype=bool)
     for t, rm in enumerate(ray_maps):
-        outside, rows, cols, box = _reach_box(plan, rm)
         r2 = r2_centres[t]
-        limit = np.square(np.float32(1.0) + stretch[t] * outside)   # (P,) float32, as near_core's (1 + margin)^2
-        np.less_equal(r2[0], limit[0], out=near[t])
+        k = [float(s) * half_diag for s in stretch[t]]
+        np.less_equal(r2[0], np.float32((1.0 + k[0] * (1.0 + rm.gamma)) ** 2), out=near[t])
         for j in range(1, n_pairs):
-            near[t] |= r2[j] <= limit[j]
+            near[t] |= r2[j] <= np.float32((1.0 + k[j] * (1.0 + rm.gamma)) ** 2)
+        box = _lens_box(plan, rm)
         if box is not None:
+            rows, cols, d = box
+            two_kappa = np.divide(np.float32(rm.theta_e / math.sqrt(rm.q)), d, out=d)
+            np.maximum(two_kappa, np.float32(2.0), out=two_kappa)
             near_box = near[t].reshape(n, n)[rows, cols]   # a view: written in place
+            limit = np.empty_like(two_kappa)
             for j in range(n_pairs):
-                near_box |= SersicSource.near_radius2(r2[j].reshape(n, n)[rows, cols], stretch[t, j] * box)
+                np.multiply(two_kappa, np.float32(k[j]), out=limit)
+                limit += np.float32(1.0 + k[j] * (rm.gamma - 1.0))
+                np.square(limit, out=limit)
+                near_box |= r2[j].reshape(n, n)[rows, cols] <= limit
     return near
 
 
@@ -313,13 +329,14 @@ def _coarse_group(plan, ray_maps, coeffs, reps, refine_tol):
     lens = np.array([(rm.eps, 1.0 / rm.q) for rm in ray_maps], dtype=np.float32)
     frames, c32 = np.stack([rm.frame for rm in ray_maps]).astype(np.float32), coeffs.astype(np.float32)
     m = xy1.shape[1]
-    xy, ab, uv = (np.empty((n_tasks, k, m), dtype=np.float32) for k in (2, 2, 2 * n_pairs))
+    basis = np.empty((n_tasks, 5, m), dtype=np.float32)   # (x, y, 1, A, B) of every ray, as _frame_coords
+    basis[:, :3] = xy1
+    xy, uv = np.empty((n_tasks, 2, m), dtype=np.float32), np.empty((n_tasks, 2 * n_pairs, m), dtype=np.float32)
     for t in range(n_tasks):  # one 2-D product per task: a task's bits do not depend on its group
         np.matmul(frames[t], xy1, out=xy[t])
-    sie_angular_terms(xy, lens[:, 0:1], lens[:, 1:2], out=ab)
+    sie_angular_terms(xy, lens[:, 0:1], lens[:, 1:2], out=basis[:, 3:])
     for t in range(n_tasks):
-        np.matmul(c32[t, :, :3], xy1, out=uv[t])
-        uv[t] += c32[t, :, 3:] @ ab[t]
+        np.matmul(c32[t], basis[t], out=uv[t])
     uv = uv.reshape(n_tasks * n_pairs, 2, -1)
     n_c = (n + 1) ** 2
     stretch = np.array([r.frame_stretch for r in reps], dtype=np.float32).reshape(n_tasks, n_pairs)
@@ -398,27 +415,30 @@ def _fine_pass(plan, ray_map, coeffs, reps, pixels, dtype) -> np.ndarray:
     step = max(1, _FINE_CHUNK_RAYS // s2)
     for a in range(0, pixels.size, step):  # chunks: the (5, m) basis and the frames stay in cache
         chunk = pixels[a:a + step]
-        xy1 = np.empty((3, s2, chunk.size), dtype=dtype)
-        np.add(plan.sub[0][:, None], plan.centres[0].take(chunk)[None, :], out=xy1[0])
-        np.add(plan.sub[1][:, None], plan.centres[1].take(chunk)[None, :], out=xy1[1])
-        xy1[2] = 1.0
-        f = _frame_sb(reps, _frame_coords(ray_map, coeffs, xy1.reshape(3, -1), dtype))
+        basis = np.empty((5, s2, chunk.size), dtype=dtype)
+        np.add(plan.sub[:, :, None], plan.centres.take(chunk, axis=1)[:, None, :], out=basis[:2])
+        basis[2] = 1.0
+        f = _frame_sb(reps, _basis_frame_coords(ray_map, coeffs, basis.reshape(5, -1)))
         out[:, a:a + chunk.size] = f.reshape(len(reps), s2, chunk.size).sum(axis=1, dtype=np.float64)
     out *= 1.0 / s2
     return out
 
 
-def _render_task_pairs(plan, lens, sources, adaptive, refine_tol, cull_tol):
+def _coefficients(ray_map, reps) -> np.ndarray:
+    """(2P, 5) float64: the frames of the P shapes ``reps`` as functions of (x, y, 1, A, B) (``RayMap.functional``)."""
+    return ray_map.functional(np.concatenate([r.frame_matrix() for r in reps]))
+
+
+def _render_task_pairs(plan, lens, groups, adaptive, refine_tol, cull_tol):
     """Unconvolved lensed image of each distinct source shape of one task (inputs validated).
 
-    Returns ``(pix, groups)``: (P, N, N) float64 flux per pixel of each group's representative and
-    :func:`_unique_shapes` groups (band ``b`` of group ``j`` is ``scale * pix[j]``).
+    ``groups``: :func:`_unique_shapes` of the task's sources. Returns ``(pix, groups)``: (P, N, N) float64
+    flux per pixel of each group's representative and the groups (band ``b`` of group ``j`` is ``scale * pix[j]``).
     """
     n = plan.n
-    groups = _unique_shapes(sources)
     reps = [rep for rep, _ in groups]
     ray_map = lens.ray_map
-    coeffs = ray_map.functional(np.concatenate([r.frame_matrix() for r in reps]))  # (2P, 5)
+    coeffs = _coefficients(ray_map, reps)
     if not adaptive or plan.supersample == 1:  # exact: every sub-pixel of every pixel, float64
         pix = _fine_pass(plan, ray_map, coeffs, reps, np.arange(n * n), np.float64)
     else:
@@ -435,19 +455,20 @@ def _render_task_pairs(plan, lens, sources, adaptive, refine_tol, cull_tol):
     return pix.reshape(len(reps), n, n), groups
 
 
-def _groupable(plan, lens, sources, adaptive, cull_tol) -> bool:
-    """Whether a task can join a vectorised group: adaptive, Sersic sources only, nothing to cull."""
-    return (adaptive and plan.supersample > 1 and all(type(s) is SersicSource for s in sources)
-            and not _may_cull(plan, lens.ray_map, [rep for rep, _ in _unique_shapes(sources)], cull_tol))
+def _groupable(plan, lens, groups, adaptive, cull_tol) -> bool:
+    """Whether a task (:func:`_unique_shapes` groups) can join a vectorised group: adaptive, Sersic sources only,
+    nothing to cull."""
+    reps = [rep for rep, _ in groups]
+    return (adaptive and plan.supersample > 1 and all(type(r) is SersicSource for r in reps)
+            and not _may_cull(plan, lens.ray_map, reps, cull_tol))
 
 
-def _render_group_pairs(plan, lenses, sources_per_task, refine_tol) -> list:
-    """:func:`_render_task_pairs` of T groupable tasks with the same number of shapes, the coarse pass vectorised."""
-    groups = [_unique_shapes(srcs) for srcs in sources_per_task]
+def _render_group_pairs(plan, lenses, groups, refine_tol) -> list:
+    """:func:`_render_task_pairs` of T groupable tasks (their :func:`_unique_shapes` groups) with the same number of
+    shapes, the coarse pass vectorised."""
     reps_per_task = [[rep for rep, _ in g] for g in groups]
     ray_maps = [le.ray_map for le in lenses]
-    coeffs = np.stack([rm.functional(np.concatenate([r.frame_matrix() for r in reps]))
-                       for rm, reps in zip(ray_maps, reps_per_task, strict=True)])
+    coeffs = np.stack([_coefficients(rm, reps) for rm, reps in zip(ray_maps, reps_per_task, strict=True)])
     coarse, active = _coarse_group(plan, ray_maps, coeffs, [r for reps in reps_per_task for r in reps], refine_tol)
     n, n_pairs, out = plan.n, len(reps_per_task[0]), []
     for t, (rm, reps) in enumerate(zip(ray_maps, reps_per_task, strict=True)):
@@ -462,17 +483,18 @@ def _render_group_pairs(plan, lenses, sources_per_task, refine_tol) -> list:
 def _render_many_pairs(plan, lenses, sources_per_task, adaptive, refine_tol, cull_tol, group_size=_GROUP_TASKS):
     """:func:`_render_task_pairs` of many tasks: groupable ones with the same shape count vectorised together."""
     out = [None] * len(lenses)
+    groups = [_unique_shapes(srcs) for srcs in sources_per_task]
     pending: dict = {}
-    for t, (le, srcs) in enumerate(zip(lenses, sources_per_task, strict=True)):
-        if _groupable(plan, le, srcs, adaptive, cull_tol):
-            pending.setdefault(len(_unique_shapes(srcs)), []).append(t)
+    for t, (le, g) in enumerate(zip(lenses, groups, strict=True)):
+        if _groupable(plan, le, g, adaptive, cull_tol):
+            pending.setdefault(len(g), []).append(t)
         else:
-            out[t] = _render_task_pairs(plan, le, srcs, adaptive, refine_tol, cull_tol)
+            out[t] = _render_task_pairs(plan, le, g, adaptive, refine_tol, cull_tol)
     for members in pending.values():
         for a in range(0, len(members), group_size):
             ts = members[a:a + group_size]
-            for t, res in zip(ts, _render_group_pairs(plan, [lenses[t] for t in ts], [sources_per_task[t] for t in ts],
-                                                      refine_tol), strict=True):
+            for t, res in zip(ts, _render_group_pairs(plan, [lenses[t] for t in ts], [groups[t] for t in ts], refine_tol),
+                              strict=True):
                 out[t] = res
     return out
 

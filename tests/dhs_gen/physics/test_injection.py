@@ -212,7 +212,8 @@ def test_batch_output_is_bit_identical_whatever_the_grouping():
         lenses.append(lens)
         sources.append([src, dataclasses.replace(src, flux=2 * src.flux)] if i % 3 else [src])
     batch = render_sb_batch(lenses, sources, 64, PIX, 4)
-    assert sum(adaptive._groupable(adaptive._plan(64, PIX, 4), le, s, True, adaptive.DEFAULT_CULL_TOL)
+    plan = adaptive._plan(64, PIX, 4)
+    assert sum(adaptive._groupable(plan, le, adaptive._unique_shapes(s), True, adaptive.DEFAULT_CULL_TOL)
                for le, s in zip(lenses, sources, strict=True)) >= 10  # the vectorised group path is exercised
     for lens, srcs, got in zip(lenses, sources, batch, strict=True):
         np.testing.assert_array_equal(got, render_sb_bands(lens, srcs, 64, PIX, 4))
@@ -244,6 +245,34 @@ def test_bad_render_inputs_raise_named_picklable_errors(call, name, error):
     assert isinstance(info.value, error)
     assert name in str(info.value)
     assert str(pickle.loads(pickle.dumps(info.value))) == str(info.value)
+
+
+def test_near_core_pixels_are_those_the_reach_margin_gives():
+    """adaptive._near_sersic_cores (one threshold outside the lens box, a folded formula inside it) marks the
+    pixels SersicSource.near_core marks with adaptive._reach as the margin, for two shapes per task; the two
+    float32 evaluations may only disagree where r2 sits on the threshold (to 1e-5)."""
+    plan = adaptive._plan(64, PIX, 4)
+    n_c = (plan.n + 1) ** 2
+    rng = np.random.default_rng(5)
+    n_near = 0
+    for _ in range(24):
+        lens, src, _ = _task(rng)
+        small = dataclasses.replace(src, r_eff=rng.uniform(0.03, 0.1), center_x=lens.center_x + rng.normal(0, 0.3),
+                                    center_y=lens.center_y + rng.normal(0, 0.3))   # a compact core near the centre
+        rm, reps = lens.ray_map, [src, small]
+        uv = adaptive._frame_coords(rm, adaptive._coefficients(rm, reps), plan.coarse_xy1[:, n_c:], np.float32)
+        stretch = np.array([r.frame_stretch for r in reps], dtype=np.float32)
+        reach = adaptive._reach(plan, [rm])[0]
+        want = np.zeros(plan.n**2, dtype=bool)
+        for j in range(2):
+            want |= SersicSource.near_core(uv[j, 0], uv[j, 1], stretch[j] * reach)
+        r2 = SersicSource.frame_radius2(uv.copy())
+        got = adaptive._near_sersic_cores(plan, [rm], r2[None], stretch[None])[0]
+        limit = (1.0 + stretch[:, None].astype(float) * reach[None, :].astype(float)) ** 2
+        tie = np.any(np.abs(r2 / limit - 1.0) < 1e-5, axis=0)
+        assert np.array_equal(got[~tie], want[~tie])
+        n_near += int(want.sum())
+    assert n_near > 24 * 20   # the cores are reached: the test compares marked pixels, not empty sets
 
 
 def test_reach_is_the_lipschitz_bound_at_every_pixel():
