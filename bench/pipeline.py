@@ -11,6 +11,10 @@ checks and brick plan, one task per run of bricks reading its own manifest rows,
 The ratio is the share of the kernel rate that survives Spark (target >= 0.80; min, median and max of
 three Spark runs in one warm session, each against the mean kernel-only rate of the runs just before and
 after it). Spark's own cost is printed beside it: the same session running a job of as many empty tasks.
+The bench's files live in memory (``/dev/shm`` where there is one), as a task's output does on EMR, where
+it streams into S3 multipart buffers: on this machine's disk the kernel's writeback of earlier runs' files
+makes the same writes cost 0-70 ms of system time per 40 MB, run to run. One more Spark run writing its
+stamps to the disk is printed beside the ratio.
 Peak memory per executor core is the Python worker's high-water mark, measured with one partition
 (every row in one task) and with many small partitions: bounded by one brick plus one output batch, it
 must not grow with partition size.
@@ -19,13 +23,14 @@ must not grow with partition size.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import tempfile
 import time
 from pathlib import Path
 
-# More bricks than cores, as a survey has, and two tasks per core (720 rows, ~1 s each). Spark costs ~0.2 s a
-# job here whatever the task size (a job of 4 empty tasks): 8 % of these runs, nothing in survey tasks of minutes.
-N_BRICKS, N_LRG, SIZE_PIX, PARTITIONS = 8, 15, 600, 4
+# More bricks than cores, as a survey has, and two tasks per core (1,440 rows, ~2 s each; survey tasks run for
+# minutes). Spark costs ~0.15 s a job here whatever the task size (a job of 4 empty tasks): 4 % of these runs.
+N_BRICKS, N_LRG, SIZE_PIX, PARTITIONS = 16, 15, 600, 4
 
 
 def _kernel_worker(args):
@@ -99,16 +104,23 @@ def _spark_session(tag: str, reuse: bool = True):
     return get_spark(f"bench-4c-{tag}", master="local[2]", conf={"spark.python.worker.reuse": "true" if reuse else "false"})
 
 
-def _spark_run(spark, work: Path, partitions: int, tag: str):
+def _spark_run(spark, work: Path, partitions: int, tag: str, out_root: Path | None = None):
     """(4c manifest, wall seconds, empty-job seconds) of one 4c run in ``spark``, after one warm-up run (the JVM and
-    the Python workers warm, as the kernel side's are)."""
+    the Python workers warm, as the kernel side's are); stamps written under ``out_root`` (default ``work``)."""
     from jobs.stages import inject
 
-    inject.run(str(work / "manifest"), str(work / "sky"), str(work / f"warm-{tag}"), partitions, spark=spark)
+    out_root = out_root or work
+    inject.run(str(work / "manifest"), str(work / "sky"), str(out_root / f"warm-{tag}"), partitions, spark=spark)
     t0 = time.perf_counter()
-    m = inject.run(str(work / "manifest"), str(work / "sky"), str(work / f"stamps-{tag}"), partitions, spark=spark)
+    m = inject.run(str(work / "manifest"), str(work / "sky"), str(out_root / f"stamps-{tag}"), partitions, spark=spark)
     seconds = time.perf_counter() - t0
-    return m, seconds, _empty_job_seconds(spark, partitions, str(work / f"empty-{tag}"))
+    return m, seconds, _empty_job_seconds(spark, partitions, str(out_root / f"empty-{tag}"))
+
+
+def _memory_dir() -> str | None:
+    """A memory-backed folder for the bench's files (``/dev/shm``), or None (the default temporary folder)."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
 def _empty_job_seconds(spark, partitions: int, out_uri: str) -> float:
@@ -131,7 +143,9 @@ def run() -> str:
     from jobs.spark import get_spark
 
     lines = []
-    with tempfile.TemporaryDirectory(prefix="dhs-bench-4c-") as tmp:
+    memory = _memory_dir()
+    with tempfile.TemporaryDirectory(prefix="dhs-bench-4c-", dir=memory) as tmp, \
+            tempfile.TemporaryDirectory(prefix="dhs-bench-4c-disk-") as disk_tmp:
         work = Path(tmp)
         spark = get_spark("bench-4c-prepare", master="local[2]")
         cfg = _prepare(work, spark)
@@ -153,6 +167,8 @@ def run() -> str:
                 spark_rate = (m["rows_written"] + m["rows_rejected"]) / seconds
                 task_rate = n / (m["extra"]["task_seconds"] / 2)   # rows per second of task time, 2 cores
                 ratios.append((spark_rate / kernel_rate, kernel_rate, spark_rate, task_rate / kernel_rate, seconds, empty))
+            m, seconds, _ = _spark_run(spark, work, PARTITIONS, "disk", out_root=Path(disk_tmp))
+            disk_rate = (m["rows_written"] + m["rows_rejected"]) / seconds
         finally:
             spark.stop()
         lo, med, hi = sorted(r[0] for r in ratios)
@@ -162,12 +178,14 @@ def run() -> str:
         lines.append(f"4c local Spark end-to-end, local[2], {PARTITIONS} partitions: "
                      + ", ".join(f"{r[2]:.0f}" for r in ratios) + " rows/s")
         lines.append(f"4c Spark / kernel-only on the same cores: min {lo:.2f} median {med:.2f} max {hi:.2f} "
-                     "(target >= 0.80)")
+                     f"(target >= 0.80; files in {'memory, ' + memory if memory else 'the default temporary folder'})")
         lines.append("  inside the tasks (task time only, without the job's planning, task start-up and commit): "
                      + ", ".join(f"{r[3]:.2f}" for r in ratios))
         lines.append(f"  Spark's own cost: a job of {PARTITIONS} empty tasks in the same session takes "
                      + ", ".join(f"{r[5]:.2f}" for r in ratios) + " s, of the 4c runs' "
                      + ", ".join(f"{r[4]:.2f}" for r in ratios) + " s")
+        lines.append(f"  the same with the stamps written to this machine's disk ({disk_tmp}): {disk_rate:.0f} rows/s, "
+                     f"{disk_rate / ratios[-1][1]:.2f} of the last kernel-only rate")
         spark = _spark_session("memory", reuse=False)   # a fresh worker per task: each task's own high-water mark
         try:
             m1, *_ = _spark_run(spark, work, 1, "p1")
