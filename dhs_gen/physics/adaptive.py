@@ -139,7 +139,8 @@ def _basis_frame_coords(ray_map, coeffs, basis) -> np.ndarray:
     """:func:`_frame_coords` of the points whose (x, y, 1) fill the first 3 rows of ``basis`` (5, m); the last two
     rows receive (A, B)."""
     dtype = basis.dtype
-    ray_map.angular_terms(ray_map.frame.astype(dtype) @ basis[:3], out=basis[3:])
+    frame = ray_map.frame32 if dtype == np.float32 else ray_map.frame.astype(dtype, copy=False)
+    ray_map.angular_terms(frame @ basis[:3], out=basis[3:])
     return (coeffs.astype(dtype) @ basis).reshape(-1, 2, basis.shape[1])
 
 
@@ -327,13 +328,13 @@ def _coarse_group(plan, ray_maps, coeffs, reps, refine_tol):
     n_pairs = len(reps) // n_tasks
     xy1 = plan.coarse_xy1
     lens = np.array([(rm.eps, 1.0 / rm.q) for rm in ray_maps], dtype=np.float32)
-    frames, c32 = np.stack([rm.frame for rm in ray_maps]).astype(np.float32), coeffs.astype(np.float32)
+    c32 = coeffs.astype(np.float32)
     m = xy1.shape[1]
     basis = np.empty((n_tasks, 5, m), dtype=np.float32)   # (x, y, 1, A, B) of every ray, as _frame_coords
     basis[:, :3] = xy1
     xy, uv = np.empty((n_tasks, 2, m), dtype=np.float32), np.empty((n_tasks, 2 * n_pairs, m), dtype=np.float32)
-    for t in range(n_tasks):  # one 2-D product per task: a task's bits do not depend on its group
-        np.matmul(frames[t], xy1, out=xy[t])
+    for t, rm in enumerate(ray_maps):  # one 2-D product per task: a task's bits do not depend on its group
+        np.matmul(rm.frame32, xy1, out=xy[t])
     sie_angular_terms(xy, lens[:, 0:1], lens[:, 1:2], out=basis[:, 3:])
     for t in range(n_tasks):
         np.matmul(c32[t], basis[t], out=uv[t])

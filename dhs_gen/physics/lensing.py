@@ -161,10 +161,21 @@ class RayMap:
         -------
         ndarray (k, 5): the same functions of the image-plane position (arcsec) and of A, B.
         """
-        rows = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
-        lin = rows[:, :2] @ self.affine
-        lin[:, 2] += rows[:, 2]
-        return np.concatenate([lin, -rows[:, :2] @ self.angular], axis=1)
+        return np.asarray(rows, dtype=np.float64).reshape(-1, 3) @ self._beta_basis
+
+    @cached_property
+    def _beta_basis(self) -> np.ndarray:
+        """(3, 5): ``(beta_x, beta_y, 1)`` over ``(x, y, 1, A, B)``: ``beta = (1 - Gamma)(x, y) - angular (A, B)``."""
+        m = np.zeros((3, 5))
+        m[:2, :3] = self.affine
+        m[:2, 3:] = -self.angular
+        m[2, 2] = 1.0
+        return m
+
+    @cached_property
+    def frame32(self) -> np.ndarray:
+        """``frame`` in float32, for the float32 ray passes."""
+        return self.frame.astype(np.float32)
 
     def angular_terms(self, xy: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Fill ``out`` (2, n) with (A, B) at the points whose ``(X, Y) = frame @ (x, y, 1)`` are ``xy``.
