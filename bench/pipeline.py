@@ -11,10 +11,11 @@ checks and brick plan, one task per run of bricks reading its own manifest rows,
 The ratio is the share of the kernel rate that survives Spark (target >= 0.80; min, median and max of
 three Spark runs in one warm session, each against the mean kernel-only rate of the runs just before and
 after it). Spark's own cost is printed beside it: the same session running a job of as many empty tasks.
-The bench's files live in memory (``/dev/shm`` where there is one), as a task's output does on EMR, where
-it streams into S3 multipart buffers: on this machine's disk the kernel's writeback of earlier runs' files
-makes the same writes cost 0-70 ms of system time per 40 MB, run to run. One more Spark run writing its
-stamps to the disk is printed beside the ratio.
+The bench's files live in memory (``/dev/shm`` where there is one with 2 GB free): on this machine's disk
+the kernel's writeback of earlier runs' files makes the same writes cost 0-70 ms of system time per 40 MB,
+run to run. On EMR a task's output streams into S3 multipart buffers in memory, but the upload takes CPU
+too, so one more Spark run, bracketed the same way, writes its stamps to the default temporary folder (the
+disk) and is printed beside the ratio.
 Peak memory per executor core is the Python worker's high-water mark, measured with one partition
 (every row in one task) and with many small partitions: bounded by one brick plus one output batch, it
 must not grow with partition size.
@@ -24,12 +25,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
-# More bricks than cores, as a survey has, and two tasks per core (1,440 rows, ~2 s each; survey tasks run for
-# minutes). Spark costs ~0.15 s a job here whatever the task size (a job of 4 empty tasks): 4 % of these runs.
+# More bricks than cores, as a survey has, and two tasks per core (1,440 rows, ~1.75 s each; survey tasks run for
+# minutes). Spark costs ~0.13 s a job here whatever the task size (a job of 4 empty tasks): 4 % of these runs.
 N_BRICKS, N_LRG, SIZE_PIX, PARTITIONS = 16, 15, 600, 4
 
 
@@ -106,21 +108,47 @@ def _spark_session(tag: str, reuse: bool = True):
 
 def _spark_run(spark, work: Path, partitions: int, tag: str, out_root: Path | None = None):
     """(4c manifest, wall seconds, empty-job seconds) of one 4c run in ``spark``, after one warm-up run (the JVM and
-    the Python workers warm, as the kernel side's are); stamps written under ``out_root`` (default ``work``)."""
+    the Python workers warm, as the kernel side's are); stamps written under ``out_root`` (default ``work``) and
+    deleted once measured, so that the bench holds at most two runs' stamps (~0.6 GB) at a time."""
     from jobs.stages import inject
 
     out_root = out_root or work
-    inject.run(str(work / "manifest"), str(work / "sky"), str(out_root / f"warm-{tag}"), partitions, spark=spark)
-    t0 = time.perf_counter()
-    m = inject.run(str(work / "manifest"), str(work / "sky"), str(out_root / f"stamps-{tag}"), partitions, spark=spark)
-    seconds = time.perf_counter() - t0
-    return m, seconds, _empty_job_seconds(spark, partitions, str(out_root / f"empty-{tag}"))
+    outs = [out_root / f"{kind}-{tag}" for kind in ("warm", "stamps", "empty")]
+    try:
+        inject.run(str(work / "manifest"), str(work / "sky"), str(outs[0]), partitions, spark=spark)
+        t0 = time.perf_counter()
+        m = inject.run(str(work / "manifest"), str(work / "sky"), str(outs[1]), partitions, spark=spark)
+        seconds = time.perf_counter() - t0
+        return m, seconds, _empty_job_seconds(spark, partitions, str(outs[2]))
+    finally:
+        for out in outs:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+#: Free space a memory-backed folder needs for the bench: the sky and manifest (~0.1 GB) and two runs' stamps.
+MEMORY_DIR_MIN_FREE = 2 << 30
 
 
 def _memory_dir() -> str | None:
-    """A memory-backed folder for the bench's files (``/dev/shm``), or None (the default temporary folder)."""
+    """A memory-backed folder for the bench's files (``/dev/shm`` with ``MEMORY_DIR_MIN_FREE`` free), or None (the
+    default temporary folder)."""
     shm = Path("/dev/shm")
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        return None
+    return str(shm) if shutil.disk_usage(shm).free >= MEMORY_DIR_MIN_FREE else None
+
+
+def _side_by_side(spark, work: Path, cfg, tag: str, out_root: Path | None = None) -> tuple:
+    """One Spark run bracketed by kernel-only runs: (Spark / kernel-only, kernel rate, Spark rate, in-task ratio,
+    Spark seconds, empty-job seconds, rows). The kernel rate is the mean of the runs just before and after: this
+    machine's speed drifts by 10-20 % over tens of seconds, and the mean brackets the Spark run in time."""
+    n, before = _kernel_rate(work, cfg)
+    m, seconds, empty = _spark_run(spark, work, PARTITIONS, tag, out_root)
+    _, after = _kernel_rate(work, cfg)
+    kernel_rate = 0.5 * (before + after)
+    spark_rate = (m["rows_written"] + m["rows_rejected"]) / seconds
+    task_rate = n / (m["extra"]["task_seconds"] / 2)   # rows per second of task time, 2 cores
+    return spark_rate / kernel_rate, kernel_rate, spark_rate, task_rate / kernel_rate, seconds, empty, n
 
 
 def _empty_job_seconds(spark, partitions: int, out_uri: str) -> float:
@@ -154,23 +182,13 @@ def run() -> str:
         lines.append(f"4c per-row work, one process (brick load, cut, render, noise, artifacts; demo mix): "
                      f"{row_rate:.0f} rows/s; lenstronomy single-band renders: {lt_rate:.0f}/s; "
                      f"ratio {row_rate / lt_rate:.2f} (target >= 2.5)")
-        ratios = []
         spark = _spark_session("rate")
-        try:
-            for i in range(3):   # kernel-only and Spark side by side, three times: the spread is part of the answer
-                # the kernel rate before and after each Spark run: this machine's speed drifts by 10-20 % over tens
-                # of seconds, and the mean of the two brackets the Spark run in time
-                n, before = _kernel_rate(work, cfg)
-                m, seconds, empty = _spark_run(spark, work, PARTITIONS, f"rate{i}")
-                _, after = _kernel_rate(work, cfg)
-                kernel_rate = 0.5 * (before + after)
-                spark_rate = (m["rows_written"] + m["rows_rejected"]) / seconds
-                task_rate = n / (m["extra"]["task_seconds"] / 2)   # rows per second of task time, 2 cores
-                ratios.append((spark_rate / kernel_rate, kernel_rate, spark_rate, task_rate / kernel_rate, seconds, empty))
-            m, seconds, _ = _spark_run(spark, work, PARTITIONS, "disk", out_root=Path(disk_tmp))
-            disk_rate = (m["rows_written"] + m["rows_rejected"]) / seconds
+        try:   # three times: the spread is part of the answer
+            ratios = [_side_by_side(spark, work, cfg, f"rate{i}") for i in range(3)]
+            disk = _side_by_side(spark, work, cfg, "disk", Path(disk_tmp)) if memory else None
         finally:
             spark.stop()
+        n = ratios[0][6]
         lo, med, hi = sorted(r[0] for r in ratios)
         lines.append(f"4c rows: {n} (demo config: sersic + hybrid sources, paired controls, artifacts; {N_BRICKS} bricks)")
         lines.append("4c kernel-only, 2 processes on 2 cores (mean of the runs just before and after each Spark run): "
@@ -178,14 +196,16 @@ def run() -> str:
         lines.append(f"4c local Spark end-to-end, local[2], {PARTITIONS} partitions: "
                      + ", ".join(f"{r[2]:.0f}" for r in ratios) + " rows/s")
         lines.append(f"4c Spark / kernel-only on the same cores: min {lo:.2f} median {med:.2f} max {hi:.2f} "
-                     f"(target >= 0.80; files in {'memory, ' + memory if memory else 'the default temporary folder'})")
+                     f"(target >= 0.80; files in {'memory, ' + memory if memory else tempfile.gettempdir()})")
         lines.append("  inside the tasks (task time only, without the job's planning, task start-up and commit): "
                      + ", ".join(f"{r[3]:.2f}" for r in ratios))
         lines.append(f"  Spark's own cost: a job of {PARTITIONS} empty tasks in the same session takes "
                      + ", ".join(f"{r[5]:.2f}" for r in ratios) + " s, of the 4c runs' "
                      + ", ".join(f"{r[4]:.2f}" for r in ratios) + " s")
-        lines.append(f"  the same with the stamps written to this machine's disk ({disk_tmp}): {disk_rate:.0f} rows/s, "
-                     f"{disk_rate / ratios[-1][1]:.2f} of the last kernel-only rate")
+        if disk:
+            lines.append(f"  one more run with the stamps written to {tempfile.gettempdir()} (this machine's disk unless "
+                         f"TMPDIR says otherwise): {disk[0]:.2f} (in-task {disk[3]:.2f}); S3 output, as on EMR, "
+                         "is buffered in memory, but its upload takes CPU too")
         spark = _spark_session("memory", reuse=False)   # a fresh worker per task: each task's own high-water mark
         try:
             m1, *_ = _spark_run(spark, work, 1, "p1")

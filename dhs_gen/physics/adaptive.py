@@ -23,8 +23,8 @@ Adaptive supersampling (default, ``adaptive=True``)
     8x8-pixel blocks are bounded first (one ray per block centre, the Lipschitz disk of the block,
     ``sb_bound`` of the nearest frame radius it can reach) and dropped, faintest first, while
     their bounds add up to at most ``DEFAULT_CULL_TOL`` (1e-5) of the source's flux. A rigorous
-    bound: never an error above it. Smaller stamps (DR10's 64 px) and templates skip it: there
-    it costs more than it saves.
+    bound: never an error above it (a template beside a Sersic shape is culled with it). Smaller
+    stamps (DR10's 64 px) and template-only tasks skip it: there it costs more than it saves.
 
     Accuracy/speed (``make bench``, DR10-like tasks: theta_E 0.8-2.5", r_eff 0.1-0.5", n 0.5-4,
     64x64, s = 4): ``refine_tol = 1e-3`` ray-shoots ~11k points instead of 65k and differs from
@@ -363,17 +363,14 @@ def _coarse_pass(plan, ray_map, coeffs, reps, pixel_mask, refine_tol):
     if pixel_mask is None:  # every block kept: the whole lattice, no gathers
         centre_idx = None
         xy1 = plan.coarse_xy1 if values else plan.coarse_xy1[:, n_c:]
-    else:
+    else:  # culled: only with a Sersic shape (_may_cull), so the values are needed
         centre_idx = np.flatnonzero(pixel_mask)
-        if values:
-            corner_mask = np.zeros((n + 1, n + 1), dtype=bool)
-            for di in (0, 1):
-                for dj in (0, 1):
-                    corner_mask[di:di + n, dj:dj + n] |= pixel_mask
-            corner_idx = np.flatnonzero(corner_mask)
-            xy1 = plan.coarse_xy1.take(np.concatenate([corner_idx, n_c + centre_idx]), axis=1)
-        else:
-            xy1 = plan.coarse_xy1.take(n_c + centre_idx, axis=1)
+        corner_mask = np.zeros((n + 1, n + 1), dtype=bool)
+        for di in (0, 1):
+            for dj in (0, 1):
+                corner_mask[di:di + n, dj:dj + n] |= pixel_mask
+        corner_idx = np.flatnonzero(corner_mask)
+        xy1 = plan.coarse_xy1.take(np.concatenate([corner_idx, n_c + centre_idx]), axis=1)
     uv = _frame_coords(ray_map, coeffs, xy1, np.float32)
     n_cen = n * n if centre_idx is None else centre_idx.size
     uv_c = uv[:, :, uv.shape[2] - n_cen:]  # the pixel centres: last in every layout

@@ -188,6 +188,27 @@ def test_block_culling_keeps_lenstronomy_accuracy_and_its_flux_bound():
     assert n_culled > n_tasks * blocks.size // 4  # and culling happened: over a quarter of the blocks dropped
 
 
+def test_block_culling_bounds_each_shape_beside_a_template():
+    """A Sersic shape beside a template (two shapes, culled together at CULL_MIN_STAMP_PIX): the exact flux of each
+    in the dropped blocks stays within cull_tol of its own flux."""
+    rng = np.random.default_rng(203)
+    size = adaptive.CULL_MIN_STAMP_PIX
+    plan = adaptive._plan(size, PIX, 4)
+    n_culled = 0
+    for _ in range(6):
+        lens, sersic, _ = _compact_task(rng, template=False)
+        template = _compact_task(rng, template=True)[1]
+        template = dataclasses.replace(template, center_x=sersic.center_x, center_y=sersic.center_y)
+        reps = [sersic, template]
+        assert adaptive._may_cull(plan, lens.ray_map, reps, adaptive.DEFAULT_CULL_TOL)
+        blocks = adaptive._active_blocks(plan, lens.ray_map, reps, adaptive.DEFAULT_CULL_TOL)
+        n_culled += int((~blocks).sum())
+        for src in reps:
+            exact = render_sb_bands(lens, [src], size, PIX, 4, adaptive=False)[0]
+            assert exact[~blocks[plan.block_of_pixel]].sum() <= adaptive.DEFAULT_CULL_TOL * src.flux
+    assert n_culled > 6 * blocks.size // 4
+
+
 def test_block_culling_is_not_tried_where_it_costs_more_than_it_saves():
     """Below CULL_MIN_STAMP_PIX (DR10's 64 px stamps) and for templates, whose coarse pass is pixel centres only."""
     rng = np.random.default_rng(202)
@@ -201,6 +222,9 @@ def test_block_culling_is_not_tried_where_it_costs_more_than_it_saves():
         if template:   # beside a Sersic shape it is tried
             sersic = _compact_task(rng, template=False)[1]
             assert adaptive._may_cull(big, lens.ray_map, [sersic, src], tol)
+    # nor where the bounds say every block may reach the source: an extended Sersic with a long tail
+    lens, src, _ = _task(rng)
+    assert not adaptive._may_cull(big, lens.ray_map, [dataclasses.replace(src, r_eff=2.0, n=4.0)], tol)
 
 
 def test_batch_output_is_bit_identical_whatever_the_grouping():
@@ -249,30 +273,39 @@ def test_bad_render_inputs_raise_named_picklable_errors(call, name, error):
 
 def test_near_core_pixels_are_those_the_reach_margin_gives():
     """adaptive._near_sersic_cores (one threshold outside the lens box, a folded formula inside it) marks the
-    pixels SersicSource.near_core marks with adaptive._reach as the margin, for two shapes per task; the two
-    float32 evaluations may only disagree where r2 sits on the threshold (to 1e-5)."""
+    pixels SersicSource.near_core marks with adaptive._reach as the margin: two shapes per task, tasks in one
+    call of two, lenses inside and far outside the stamp (no box); the two float32 evaluations may only
+    disagree where r2 sits on the threshold (to 1e-6)."""
     plan = adaptive._plan(64, PIX, 4)
     n_c = (plan.n + 1) ** 2
     rng = np.random.default_rng(5)
     n_near = 0
-    for _ in range(24):
-        lens, src, _ = _task(rng)
-        small = dataclasses.replace(src, r_eff=rng.uniform(0.03, 0.1), center_x=lens.center_x + rng.normal(0, 0.3),
-                                    center_y=lens.center_y + rng.normal(0, 0.3))   # a compact core near the centre
-        rm, reps = lens.ray_map, [src, small]
-        uv = adaptive._frame_coords(rm, adaptive._coefficients(rm, reps), plan.coarse_xy1[:, n_c:], np.float32)
-        stretch = np.array([r.frame_stretch for r in reps], dtype=np.float32)
-        reach = adaptive._reach(plan, [rm])[0]
-        want = np.zeros(plan.n**2, dtype=bool)
-        for j in range(2):
-            want |= SersicSource.near_core(uv[j, 0], uv[j, 1], stretch[j] * reach)
-        r2 = SersicSource.frame_radius2(uv.copy())
-        got = adaptive._near_sersic_cores(plan, [rm], r2[None], stretch[None])[0]
-        limit = (1.0 + stretch[:, None].astype(float) * reach[None, :].astype(float)) ** 2
-        tie = np.any(np.abs(r2 / limit - 1.0) < 1e-5, axis=0)
-        assert np.array_equal(got[~tie], want[~tie])
-        n_near += int(want.sum())
-    assert n_near > 24 * 20   # the cores are reached: the test compares marked pixels, not empty sets
+    for i in range(24):
+        lenses, r2s, stretches, wants, limits = [], [], [], [], []
+        for _ in range(2):
+            lens, src, _ = _task(rng)
+            if i % 6 == 5:   # far outside the stamp: no box
+                lens = dataclasses.replace(lens, center_x=40.0, center_y=-35.0)
+            small = dataclasses.replace(src, r_eff=rng.uniform(0.03, 0.1), center_x=lens.center_x + rng.normal(0, 0.3),
+                                        center_y=lens.center_y + rng.normal(0, 0.3))   # a compact core near the centre
+            rm, reps = lens.ray_map, [src, small]
+            uv = adaptive._frame_coords(rm, adaptive._coefficients(rm, reps), plan.coarse_xy1[:, n_c:], np.float32)
+            stretch = np.array([r.frame_stretch for r in reps], dtype=np.float32)
+            reach = adaptive._reach(plan, [rm])[0]
+            want = np.zeros(plan.n**2, dtype=bool)
+            for j in range(2):
+                want |= SersicSource.near_core(uv[j, 0], uv[j, 1], stretch[j] * reach)
+            lenses.append(rm)
+            r2s.append(SersicSource.frame_radius2(uv.copy()))
+            stretches.append(stretch)
+            wants.append(want)
+            limits.append((1.0 + stretch[:, None].astype(float) * reach[None, :].astype(float)) ** 2)
+        got = adaptive._near_sersic_cores(plan, lenses, np.stack(r2s), np.stack(stretches))
+        for t in range(2):
+            tie = np.any(np.abs(r2s[t] / limits[t] - 1.0) < 1e-6, axis=0)
+            assert np.array_equal(got[t][~tie], wants[t][~tie])
+            n_near += int(wants[t].sum())
+    assert n_near > 48 * 20   # the cores are reached: the test compares marked pixels, not empty sets
 
 
 def test_reach_is_the_lipschitz_bound_at_every_pixel():
