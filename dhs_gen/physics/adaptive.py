@@ -345,8 +345,9 @@ def _coarse_group(plan, ray_maps, coeffs, reps, refine_tol):
     near = _near_sersic_cores(plan, ray_maps, r2[:, n_c:].reshape(n_tasks, n_pairs, -1), stretch)
     f = SersicSource.radius2_sb(reps, r2)
     pix, sharp = _five_point(f[:, :n_c].reshape(-1, n + 1, n + 1), f[:, n_c:], refine_tol)
-    active = sharp.reshape(n_tasks, n_pairs, -1).any(axis=1)
-    active |= near
+    active = near
+    for j in range(n_pairs):
+        active |= sharp.reshape(n_tasks, n_pairs, -1)[:, j]
     for t, rm in enumerate(ray_maps):
         _guard(plan, rm, active[t].reshape(n, n))
     return pix, active

@@ -195,6 +195,9 @@ class RayMap:
         return np.maximum(1.0, two_kappa - 1.0) + self.gamma
 
 
+_TINY = {np.dtype(t): np.finfo(t).tiny for t in (np.float32, np.float64)}
+
+
 def sie_angular_terms(xy: np.ndarray, eps, inv_q, out: np.ndarray) -> np.ndarray:
     """(A, B) of :class:`RayMap` for one or many lenses: ``xy`` (..., 2, n) holds (X, Y) (arcsec).
 
@@ -206,7 +209,7 @@ def sie_angular_terms(xy: np.ndarray, eps, inv_q, out: np.ndarray) -> np.ndarray
     np.multiply(big_x, big_x, out=a)
     np.multiply(big_y, big_y, out=b)
     a += b
-    a += np.finfo(a.dtype).tiny  # lens centre: psi = sqrt(tiny), X = Y = 0, so A = B = 0 (no 0/0)
+    a += _TINY[a.dtype]  # lens centre: psi = sqrt(tiny), X = Y = 0, so A = B = 0 (no 0/0)
     np.sqrt(a, out=a)
     np.divide(eps, a, out=a)  # eps / psi
     np.multiply(big_y, a, out=b)

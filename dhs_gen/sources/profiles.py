@@ -185,10 +185,13 @@ class SersicSource:
     @staticmethod
     def radius2_sb(sources, r2: np.ndarray) -> np.ndarray:
         """Surface brightness (flux per arcsec^2) of P Sersic sources from :meth:`frame_radius2` (P, n), in place."""
-        params = np.array([s._frame_params for s in sources], dtype=r2.dtype)[:, :, None]  # (P, 3, 1)
-        np.power(r2, params[:, 0], out=r2)  # (R / r_eff)^(1/n)
-        r2 *= params[:, 1]
-        r2 += params[:, 2]
+        if len(sources) == 1:   # scalars: the same arithmetic without building a (1, 3, 1) array
+            params = sources[0]._frame_params.astype(r2.dtype)
+        else:
+            params = np.array([s._frame_params for s in sources], dtype=r2.dtype).T[:, :, None]  # (3, P, 1)
+        np.power(r2, params[0], out=r2)  # (R / r_eff)^(1/n)
+        r2 *= params[1]
+        r2 += params[2]
         return np.exp(r2, out=r2)  # I_e exp(b - b (R / r_eff)^(1/n))
 
     def cull_radius(self, sb_floor: float) -> float:
