@@ -467,7 +467,8 @@ def _render_group_pairs(plan, lenses, groups, refine_tol) -> list:
     shapes, the coarse pass vectorised."""
     reps_per_task = [[rep for rep, _ in g] for g in groups]
     ray_maps = [le.ray_map for le in lenses]
-    coeffs = np.stack([_coefficients(rm, reps) for rm, reps in zip(ray_maps, reps_per_task, strict=True)])
+    coeffs = (_coefficients(ray_maps[0], reps_per_task[0])[None] if len(ray_maps) == 1 else
+              np.stack([_coefficients(rm, reps) for rm, reps in zip(ray_maps, reps_per_task, strict=True)]))
     coarse, active = _coarse_group(plan, ray_maps, coeffs, [r for reps in reps_per_task for r in reps], refine_tol)
     n, n_pairs, out = plan.n, len(reps_per_task[0]), []
     for t, (rm, reps) in enumerate(zip(ray_maps, reps_per_task, strict=True)):
@@ -481,8 +482,12 @@ def _render_group_pairs(plan, lenses, groups, refine_tol) -> list:
 
 def _render_many_pairs(plan, lenses, sources_per_task, adaptive, refine_tol, cull_tol, group_size=_GROUP_TASKS):
     """:func:`_render_task_pairs` of many tasks: groupable ones with the same shape count vectorised together."""
-    out = [None] * len(lenses)
     groups = [_unique_shapes(srcs) for srcs in sources_per_task]
+    if len(lenses) == 1:   # a single call: nothing to group
+        if _groupable(plan, lenses[0], groups[0], adaptive, cull_tol):
+            return _render_group_pairs(plan, lenses, groups, refine_tol)
+        return [_render_task_pairs(plan, lenses[0], groups[0], adaptive, refine_tol, cull_tol)]
+    out = [None] * len(lenses)
     pending: dict = {}
     for t, (le, g) in enumerate(zip(lenses, groups, strict=True)):
         if _groupable(plan, le, g, adaptive, cull_tol):
