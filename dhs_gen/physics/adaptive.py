@@ -204,79 +204,66 @@ def _reach(plan, ray_maps, centre_idx=None) -> np.ndarray:
 
     ``|D beta| * half-diagonal`` with :meth:`RayMap.lipschitz` at the pixel's distance from the
     lens centre; a compact source whose core is that close may slip between the five rays.
-    Outside :func:`_lens_box` the bound is ``1 + |gamma|``.
     """
     n = plan.n
-    half_diag = np.float32(plan.pixscale / math.sqrt(2.0))
     out = np.empty((len(ray_maps), n * n), dtype=np.float32)
     for t, rm in enumerate(ray_maps):
+        outside, rows, cols, box = _reach_box(plan, rm)
         reach = out[t].reshape(n, n)
-        gamma = np.float32(rm.gamma)
-        reach[...] = (np.float32(1.0) + gamma) * half_diag
-        box = _lens_box(plan, rm)
+        reach[...] = outside
         if box is not None:
-            rows, cols, r = box
-            np.divide(np.float32(rm.theta_e / math.sqrt(rm.q)), r, out=r)  # >= 2 kappa at the pixel's closest point
-            r -= np.float32(1.0)
-            np.maximum(r, np.float32(1.0), out=r)
-            r += gamma
-            r *= half_diag
-            reach[rows, cols] = r
+            reach[rows, cols] = box
     return out if centre_idx is None else out.take(centre_idx, axis=1)
 
 
-def _lens_box(plan, rm):
-    """The pixels about the lens centre where ``|D beta|`` may exceed ``1 + |gamma|``: ``(rows, cols, d)`` with ``d``
-    (float32, arcsec) each one's closest distance to the centre, floored at 1e-2 (closer pixels are inside the
-    centre guard anyway); None when the box misses the stamp.
+def _reach_box(plan, rm):
+    """:func:`_reach` of one lens as ``(outside, rows, cols, box)``: the float32 value of every pixel outside the
+    box ``[rows, cols]`` about the lens centre, and the values inside it (float32; None when the box misses the
+    stamp).
 
     Beyond ``theta_e / (2 sqrt(q))`` of the centre (2 kappa < 2) the bound is ``1 + |gamma|``; the box holds every
     other pixel, with a margin of the half-diagonal plus 2 pixels.
     """
-    half_diag = plan.pixscale / math.sqrt(2.0)
-    (cx, cy), lens_scale = rm.center, np.float32(rm.theta_e / math.sqrt(rm.q))
-    r_box = (0.5 * float(lens_scale) + half_diag) / plan.pixscale + 2.0
+    half_diag = np.float32(plan.pixscale / math.sqrt(2.0))
+    (cx, cy), lens_scale, gamma = rm.center, np.float32(rm.theta_e / math.sqrt(rm.q)), np.float32(rm.gamma)
+    outside = (np.float32(1.0) + gamma) * half_diag
+    r_box = (0.5 * float(lens_scale) + float(half_diag)) / plan.pixscale + 2.0
     if not math.isfinite(r_box):   # an Einstein radius past float32: every pixel
         r_box = 2.0 * plan.n + abs(cx / plan.pixscale) + abs(cy / plan.pixscale)
     rows, cols = _index_span(cy, r_box, plan), _index_span(cx, r_box, plan)
     if rows.start >= rows.stop or cols.start >= cols.stop:
-        return None
+        return outside, rows, cols, None
     ax = plan.axis32
-    d = np.hypot(ax[rows, None] - np.float32(cy), ax[None, cols] - np.float32(cx))
-    d -= np.float32(half_diag)
-    np.maximum(d, np.float32(1e-2), out=d)
-    return rows, cols, d
+    r = np.hypot(ax[rows, None] - np.float32(cy), ax[None, cols] - np.float32(cx))
+    r -= half_diag
+    np.maximum(r, np.float32(1e-2), out=r)  # closer pixels are inside the centre guard anyway
+    np.divide(lens_scale, r, out=r)  # >= 2 kappa at the pixel's closest point
+    r -= np.float32(1.0)
+    np.maximum(r, np.float32(1.0), out=r)
+    r += gamma
+    r *= half_diag
+    return outside, rows, cols, r
 
 
 def _near_sersic_cores(plan, ray_maps, r2_centres, stretch) -> np.ndarray:
     """(T, N*N) bool: pixels whose footprint may meet the half-light ellipse of one of their task's Sersic shapes.
 
     ``r2_centres`` (T, P, N*N) float32: :meth:`SersicSource.frame_radius2` of the pixel centres' rays;
-    ``stretch`` (T, P) frame stretches. :meth:`SersicSource.near_core` with :func:`_reach` as the margin,
-    ``(1 + stretch * reach)^2`` written as one threshold outside :func:`_lens_box` and, inside it,
-    ``(1 + k (gamma - 1) + k max(L / d, 2))^2`` with ``k = stretch * half-diagonal`` and ``L = theta_e / sqrt(q)``.
+    ``stretch`` (T, P) float32 frame stretches. :meth:`SersicSource.near_core` with :func:`_reach` as the margin,
+    applied with one threshold outside the box of :func:`_reach_box` and pixel by pixel inside it.
     """
     n_tasks, n_pairs, n = len(ray_maps), r2_centres.shape[1], plan.n
-    half_diag = plan.pixscale / math.sqrt(2.0)
     near = np.empty((n_tasks, n * n), dtype=bool)
     for t, rm in enumerate(ray_maps):
+        outside, rows, cols, box = _reach_box(plan, rm)
         r2 = r2_centres[t]
-        k = [float(s) * half_diag for s in stretch[t]]
-        np.less_equal(r2[0], np.float32((1.0 + k[0] * (1.0 + rm.gamma)) ** 2), out=near[t])
+        SersicSource.near_radius2(r2[0], stretch[t, 0] * outside, out=near[t])
         for j in range(1, n_pairs):
-            near[t] |= r2[j] <= np.float32((1.0 + k[j] * (1.0 + rm.gamma)) ** 2)
-        box = _lens_box(plan, rm)
+            near[t] |= SersicSource.near_radius2(r2[j], stretch[t, j] * outside)
         if box is not None:
-            rows, cols, d = box
-            two_kappa = np.divide(np.float32(rm.theta_e / math.sqrt(rm.q)), d, out=d)
-            np.maximum(two_kappa, np.float32(2.0), out=two_kappa)
             near_box = near[t].reshape(n, n)[rows, cols]   # a view: written in place
-            limit = np.empty_like(two_kappa)
             for j in range(n_pairs):
-                np.multiply(two_kappa, np.float32(k[j]), out=limit)
-                limit += np.float32(1.0 + k[j] * (rm.gamma - 1.0))
-                np.square(limit, out=limit)
-                near_box |= r2[j].reshape(n, n)[rows, cols] <= limit
+                near_box |= SersicSource.near_radius2(r2[j].reshape(n, n)[rows, cols], stretch[t, j] * box)
     return near
 
 

@@ -147,9 +147,9 @@ class SersicSource:
         return SersicSource.near_radius2(u * u + v * v, margin)
 
     @staticmethod
-    def near_radius2(r2, margin):
+    def near_radius2(r2, margin, out=None):
         """:meth:`near_core` from ``r2 = u^2 + v^2`` (:meth:`frame_radius2`)."""
-        return r2 <= (1.0 + margin) ** 2
+        return np.less_equal(r2, (1.0 + margin) ** 2, out=out)
 
     def sb_bound(self, rho):
         """Upper bound of the surface brightness (flux per arcsec^2) at frame radius >= ``rho`` (r_eff)."""

@@ -272,7 +272,7 @@ def test_bad_render_inputs_raise_named_picklable_errors(call, name, error):
 
 
 def test_near_core_pixels_are_those_the_reach_margin_gives():
-    """adaptive._near_sersic_cores (one threshold outside the lens box, a folded formula inside it) marks the
+    """adaptive._near_sersic_cores (one threshold outside the lens box, pixel by pixel inside it) marks the
     pixels SersicSource.near_core marks with adaptive._reach as the margin: two shapes per task, tasks in one
     call of two, lenses inside and far outside the stamp (no box); the two float32 evaluations may only
     disagree where r2 sits on the threshold (to 1e-6)."""
