@@ -83,8 +83,7 @@ class _Plan:
     supersample: int
     coarse_xy1: np.ndarray   # (3, (N+1)^2 + N^2) float32: (x, y, 1) of pixel corners, then centres, arcsec
     centres: np.ndarray      # (2, N^2) float64 pixel centres, arcsec (row-major)
-    axis: np.ndarray         # (N,) pixel-centre coordinate along either axis, arcsec
-    axis32: np.ndarray       # the same in float32
+    axis32: np.ndarray       # (N,) float32 pixel-centre coordinate along either axis, arcsec
     sub: np.ndarray          # (2, s^2) float64 sub-pixel offsets from the pixel centre, arcsec
     block_of_pixel: np.ndarray  # (N, N) flat block index of every pixel
     block_centres: np.ndarray   # (3, nb^2) float64: (x, y, 1) of block centres, arcsec
@@ -112,7 +111,7 @@ def _plan(stamp_size: int, pixscale_arcsec: float, supersample: int) -> _Plan:
     lo_x, lo_y = np.meshgrid(lo1, lo1)
     hi_x, hi_y = np.meshgrid(hi1, hi1)
     ii = np.arange(n) // BLOCK_PIX
-    arrays = dict(coarse_xy1=coarse, centres=np.stack([cx.ravel(), cy.ravel()]), axis=c, axis32=c.astype(np.float32),
+    arrays = dict(coarse_xy1=coarse, centres=np.stack([cx.ravel(), cy.ravel()]), axis32=c.astype(np.float32),
                   sub=np.stack([ox.ravel(), oy.ravel()]), block_of_pixel=ii[:, None] * nb + ii[None, :],
                   block_centres=np.stack([(0.5 * (lo_x + hi_x)).ravel(), (0.5 * (lo_y + hi_y)).ravel(),
                                           np.ones(nb * nb)]),
@@ -454,6 +453,7 @@ def _render_group_pairs(plan, lenses, groups, refine_tol) -> list:
     shapes, the coarse pass vectorised."""
     reps_per_task = [[rep for rep, _ in g] for g in groups]
     ray_maps = [le.ray_map for le in lenses]
+    # a single call (one task) skips np.stack: 3 % of a render_arc call, measured side by side
     coeffs = (_coefficients(ray_maps[0], reps_per_task[0])[None] if len(ray_maps) == 1 else
               np.stack([_coefficients(rm, reps) for rm, reps in zip(ray_maps, reps_per_task, strict=True)]))
     coarse, active = _coarse_group(plan, ray_maps, coeffs, [r for reps in reps_per_task for r in reps], refine_tol)

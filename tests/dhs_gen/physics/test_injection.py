@@ -314,7 +314,8 @@ def test_reach_is_the_lipschitz_bound_at_every_pixel():
     far outside the stamp, and stays finite-or-inf (no error) for an Einstein radius past float32."""
     plan = adaptive._plan(64, PIX, 4)
     half_diag = PIX / math.sqrt(2.0)
-    yy, xx = np.meshgrid(plan.axis, plan.axis, indexing="ij")
+    axis = pixel_centers_arcsec(64, PIX)
+    yy, xx = np.meshgrid(axis, axis, indexing="ij")
     for theta_e, cx, cy in [(1.2, 0.1, -0.2), (2.5, 8.3, 0.0), (0.8, -40.0, 35.0), (3.0, 0.0, 8.5)]:
         lens = SIEShear(theta_e, 0.1, -0.05, 0.03, 0.01, cx, cy)
         rm = lens.ray_map
