@@ -168,14 +168,12 @@ def _empty_job_seconds(spark, partitions: int, out_uri: str) -> float:
 
 
 def run() -> str:
-    from jobs.spark import get_spark
-
     lines = []
     memory = _memory_dir()
     with tempfile.TemporaryDirectory(prefix="dhs-bench-4c-", dir=memory) as tmp, \
             tempfile.TemporaryDirectory(prefix="dhs-bench-4c-disk-") as disk_tmp:
         work = Path(tmp)
-        spark = get_spark("bench-4c-prepare", master="local[2]")
+        spark = _spark_session("prepare")
         cfg = _prepare(work, spark)
         spark.stop()
         row_rate, lt_rate = _per_row_vs_lenstronomy(work, cfg)
