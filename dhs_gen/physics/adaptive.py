@@ -163,7 +163,7 @@ def _may_cull(plan, ray_map, reps, cull_tol) -> bool:
     if plan.n < CULL_MIN_STAMP_PIX or all(rep.core_is_support for rep in reps):
         return False
     q, eps = ray_map.q, ray_map.eps
-    alpha_max = float(np.abs(ray_map.angular[0]).sum()) * math.hypot(math.atan(eps / q), math.atanh(min(eps, 1 - 1e-12)))
+    alpha_max = float(np.abs(ray_map.beta_basis[0, 3:]).sum()) * math.hypot(math.atan(eps / q), math.atanh(min(eps, 1 - 1e-12)))
     half = 0.5 * plan.n * plan.pixscale  # half side of the stamp, arcsec
     share = cull_tol / (plan.block_area.size * plan.block_area.max())  # per arcsec^2 of an average block
     for rep in reps:

@@ -22,8 +22,9 @@ t; ``eps`` is floored at 1e-8 so the round case (SIS) deflects by theta_e to dou
 
 Fast rendering form (:class:`RayMap`)
     Everything in the lens equation but two transcendental terms is affine in the image-plane
-    position: ``beta = affine @ (x, y, 1) - angular @ (A, B)`` with ``A = arctan(eps x'/psi)``
-    and ``B = arctanh(eps y'/psi)``. A renderer that only needs affine functions of ``beta``
+    position: ``beta = (1 - Gamma)(x, y) - k R(phi) (A, B)`` with ``A = arctan(eps x'/psi)``,
+    ``B = arctanh(eps y'/psi)`` and ``k = theta_e sqrt(q) / eps``: one (3, 5) matrix over
+    ``(x, y, 1, A, B)`` (:attr:`RayMap.beta_basis`). A renderer that only needs affine functions of ``beta``
     (a source's own frame) folds them into one small matrix product (:meth:`RayMap.functional`),
     so a ray costs one sqrt, one arctan and one arctanh plus a dozen multiply-adds.
     :meth:`RayMap.lipschitz` bounds ``|D beta|``: for an isothermal potential the Hessian has
@@ -40,6 +41,7 @@ from functools import cached_property
 
 import numpy as np
 
+from dhs_gen.conventions import q_phi_from_ellipticity
 from dhs_gen.errors import RangeError, check_range
 
 _EPS_FLOOR = 1e-8  # arctan(eps t)/eps = t (1 - (eps t)^2/3): exact in float64 for eps <= 1e-8
@@ -85,13 +87,12 @@ class SIEShear:
     @property
     def q(self) -> float:
         """Axis ratio b/a in (0, 1]."""
-        e = math.hypot(self.e1, self.e2)
-        return (1.0 - e) / (1.0 + e)
+        return q_phi_from_ellipticity(self.e1, self.e2)[0]
 
     @property
     def phi_rad(self) -> float:
         """Position angle of the major axis, radians from +x towards +y."""
-        return 0.5 * math.atan2(self.e2, self.e1)
+        return q_phi_from_ellipticity(self.e1, self.e2)[1]
 
     @cached_property
     def ray_map(self) -> RayMap:
@@ -106,7 +107,7 @@ class SIEShear:
 
 @dataclass(frozen=True, eq=False)
 class RayMap:
-    """``beta = affine @ (x, y, 1) - angular @ (A, B)`` for one :class:`SIEShear` (arcsec).
+    """``beta = beta_basis @ (x, y, 1, A, B)`` for one :class:`SIEShear` (arcsec).
 
     ``(X, Y) = frame @ (x, y, 1)`` are ``(q x', y')`` in the major-axis frame (arcsec);
     ``psi = hypot(X, Y)``, ``A = arctan((eps / q) X / psi)``, ``B = arctanh(eps Y / psi)``
@@ -116,12 +117,13 @@ class RayMap:
     ----------
     frame : ndarray (2, 3)
         Rows give X and Y (arcsec) from (x, y, 1).
+    frame32 : ndarray (2, 3)
+        ``frame`` in float32, for the float32 ray passes.
+    beta_basis : ndarray (3, 5)
+        Rows ``beta_x``, ``beta_y`` (arcsec) and 1 over ``(x, y, 1, A, B)``: ``(1 - Gamma)(x, y)`` (the shear
+        and the identity) minus ``theta_e sqrt(q) / eps R(phi) (A, B)`` (the SIE deflection).
     q, eps : float
         Axis ratio and ``max(sqrt(1 - q^2), 1e-8)``.
-    affine : ndarray (2, 3)
-        ``(1 - Gamma) (x, y)``: the shear and the identity (arcsec from arcsec).
-    angular : ndarray (2, 2)
-        ``theta_e sqrt(q) / eps R(phi)``: the SIE deflection from (A, B), arcsec.
     theta_e, gamma : float
         Einstein radius (arcsec) and ``|gamma|``, for :meth:`lipschitz`.
     center : (float, float)
@@ -129,25 +131,26 @@ class RayMap:
     """
 
     frame: np.ndarray
+    frame32: np.ndarray
+    beta_basis: np.ndarray
     q: float
     eps: float
-    affine: np.ndarray
-    angular: np.ndarray
     theta_e: float
     gamma: float
     center: tuple
 
     @classmethod
     def of(cls, lens: SIEShear) -> RayMap:
-        c, s, q = math.cos(lens.phi_rad), math.sin(lens.phi_rad), lens.q
+        q, phi = q_phi_from_ellipticity(lens.e1, lens.e2)
+        c, s = math.cos(phi), math.sin(phi)
         cx, cy = lens.center_x, lens.center_y
         eps = max(math.sqrt(max(1.0 - q * q, 0.0)), _EPS_FLOOR)
         frame = np.array([[q * c, q * s, -q * (c * cx + s * cy)], [-s, c, s * cx - c * cy]])
         g1, g2 = lens.gamma1, lens.gamma2
-        affine = np.array([[1.0 - g1, -g2, 0.0], [-g2, 1.0 + g1, 0.0]])
-        scale = lens.theta_e * math.sqrt(q) / eps
-        angular = scale * np.array([[c, -s], [s, c]])
-        return cls(frame, q, eps, affine, angular, lens.theta_e, math.hypot(g1, g2), (cx, cy))
+        k = lens.theta_e * math.sqrt(q) / eps  # the SIE deflection is k R(phi) (A, B)
+        beta_basis = np.array([[1.0 - g1, -g2, 0.0, -(k * c), k * s], [-g2, 1.0 + g1, 0.0, -(k * s), -(k * c)],
+                               [0.0, 0.0, 1.0, 0.0, 0.0]])
+        return cls(frame, frame.astype(np.float32), beta_basis, q, eps, lens.theta_e, math.hypot(g1, g2), (cx, cy))
 
     def functional(self, rows: np.ndarray) -> np.ndarray:
         """Coefficients over ``(x, y, 1, A, B)`` of affine functions of beta.
@@ -161,21 +164,7 @@ class RayMap:
         -------
         ndarray (k, 5): the same functions of the image-plane position (arcsec) and of A, B.
         """
-        return np.asarray(rows, dtype=np.float64).reshape(-1, 3) @ self._beta_basis
-
-    @cached_property
-    def _beta_basis(self) -> np.ndarray:
-        """(3, 5): ``(beta_x, beta_y, 1)`` over ``(x, y, 1, A, B)``: ``beta = (1 - Gamma)(x, y) - angular (A, B)``."""
-        m = np.zeros((3, 5))
-        m[:2, :3] = self.affine
-        m[:2, 3:] = -self.angular
-        m[2, 2] = 1.0
-        return m
-
-    @cached_property
-    def frame32(self) -> np.ndarray:
-        """``frame`` in float32, for the float32 ray passes."""
-        return self.frame.astype(np.float32)
+        return np.asarray(rows, dtype=np.float64).reshape(-1, 3) @ self.beta_basis
 
     def angular_terms(self, xy: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Fill ``out`` (2, n) with (A, B) at the points whose ``(X, Y) = frame @ (x, y, 1)`` are ``xy``.
