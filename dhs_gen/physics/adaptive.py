@@ -501,6 +501,8 @@ def _band_map(groups, n_bands):
 
 def _unique_shapes(sources):
     """Sources grouped by shape (all but flux): [(representative, [(band, flux scale), ...]), ...]."""
+    if len(sources) == 1:   # one band: one group, without hashing its shape key (~3 us of a render_arc call)
+        return [(sources[0], [(0, 1.0 if sources[0].flux > 0 else 0.0)])]
     groups: dict = {}
     for b, s in enumerate(sources):
         groups.setdefault(s.shape_key(), []).append((b, s))
