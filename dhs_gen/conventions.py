@@ -70,8 +70,13 @@ def ellipticity_from_q_phi(q, phi_rad):
 
 
 def q_phi_from_ellipticity(e1, e2):
-    """(e1, e2) -> (q, phi_rad), the inverse of :func:`ellipticity_from_q_phi`: floats for floats, else arrays."""
-    if isinstance(e1, float) and isinstance(e2, float):  # every lens and source of a render: math is 5x faster
+    """(e1, e2) -> (q, phi_rad), the inverse of :func:`ellipticity_from_q_phi`.
+
+    Python numbers (numpy float64 scalars included) give floats through ``math``, 5x faster than numpy on scalars
+    (every lens and source of a render asks); anything else gives numpy results. ``math.hypot`` and ``np.hypot``
+    may differ in the last bit.
+    """
+    if isinstance(e1, (float, int)) and isinstance(e2, (float, int)):
         e = math.hypot(e1, e2)
         return (1.0 - e) / (1.0 + e), 0.5 * math.atan2(e2, e1)
     e = np.hypot(e1, e2)
