@@ -31,6 +31,7 @@ Run: ``python -m bench kernels``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import numpy as np
@@ -109,20 +110,17 @@ def best_cpu_seconds(passes: dict, repeats: int = REPEATS, inputs: dict | None =
     """
     inputs = inputs or {}
 
-    def call(name, timed):
+    def call(name):   # (result, CPU seconds)
         arg = (inputs[name](),) if name in inputs else ()
         t0 = time.process_time()
         out = passes[name](*arg)
-        timed[name] = time.process_time() - t0
-        return out
+        return out, time.process_time() - t0
 
-    timed: dict = {}
-    outputs = {name: call(name, timed) for name in passes}  # warm-up: imports, caches, kernel FFTs
+    outputs = {name: call(name)[0] for name in passes}  # warm-up: imports, caches, kernel FFTs
     best = dict.fromkeys(passes, np.inf)
     for _ in range(repeats):
         for name in passes:
-            call(name, timed)
-            best[name] = min(best[name], timed[name])
+            best[name] = min(best[name], call(name)[1])
     return outputs, best
 
 
@@ -161,23 +159,26 @@ def run() -> str:
         return out
 
     t_batch = [(le, [s], [psf0]) for le, s, _ in templates]
-    passes = {
-        "lenstronomy": lenstronomy_pass(tasks),
-        "lenstronomy template": lenstronomy_templates,
-        "render_arc single": lambda ts: [render_arc(le, s, psf0, STAMP, p, SUPERSAMPLE) for le, s, _ in ts],
-        "render_arc single exact": lambda ts: [render_arc(le, s, psf0, STAMP, p, SUPERSAMPLE, adaptive=False)
-                                               for le, s, _ in ts],
-        "render_arcs batch": lambda ts: [r.images[0] for r in render_arcs(ts, STAMP, p, SUPERSAMPLE)],
-        "render_arcs batch grz (3 bands)": lambda ts: render_arcs(ts, STAMP, p, SUPERSAMPLE),
-        "template render_arc single": lambda ts: [render_arc(le, s, psf0, STAMP, p, SUPERSAMPLE) for le, s, _ in ts],
-        "template render_arcs batch": lambda ts: [r.images[0] for r in render_arcs(ts, STAMP, p, SUPERSAMPLE)],
+
+    def single(ts, adaptive=True):
+        return [render_arc(le, s, psf0, STAMP, p, SUPERSAMPLE, adaptive=adaptive) for le, s, _ in ts]
+
+    def batch_images(ts):
+        return [r.images[0] for r in render_arcs(ts, STAMP, p, SUPERSAMPLE)]
+
+    ours = {   # name: (pass, the tasks it renders)
+        "render_arc single": (single, tasks),
+        "render_arc single exact": (lambda ts: single(ts, adaptive=False), tasks),
+        "render_arcs batch": (batch_images, batch),
+        "render_arcs batch grz (3 bands)": (lambda ts: render_arcs(ts, STAMP, p, SUPERSAMPLE), grz),
+        "template render_arc single": (single, templates),
+        "template render_arcs batch": (batch_images, t_batch),
     }
-    task_sets = {"render_arc single": tasks, "render_arc single exact": tasks, "render_arcs batch": batch,
-                 "render_arcs batch grz (3 bands)": grz, "template render_arc single": templates,
-                 "template render_arcs batch": t_batch}
+    passes = {"lenstronomy": lenstronomy_pass(tasks), "lenstronomy template": lenstronomy_templates,
+              **{name: fn for name, (fn, _) in ours.items()}}
     # our side renders new objects every round (their per-object caches cold, as a user's first render);
     # lenstronomy's kwargs are built once, outside its clock: the comparison errs in lenstronomy's favour
-    inputs = {name: (lambda ts=ts: fresh_tasks(ts)) for name, ts in task_sets.items()}
+    inputs = {name: functools.partial(fresh_tasks, ts) for name, (_, ts) in ours.items()}
     outputs, best = best_cpu_seconds(passes, inputs=inputs)
     t_lt = best["lenstronomy"] / N_TASKS
     refs = outputs["lenstronomy"]

@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 # More bricks than cores, as a survey has, and two tasks per core (1,440 rows, ~1.75 s each; survey tasks run for
 # minutes). Spark costs ~0.13 s a job here whatever the task size (a job of 4 empty tasks): 4 % of these runs.
@@ -138,17 +139,28 @@ def _memory_dir() -> str | None:
     return str(shm) if shutil.disk_usage(shm).free >= MEMORY_DIR_MIN_FREE else None
 
 
-def _side_by_side(spark, work: Path, cfg, tag: str, out_root: Path | None = None) -> tuple:
-    """One Spark run bracketed by kernel-only runs: (Spark / kernel-only, kernel rate, Spark rate, in-task ratio,
-    Spark seconds, empty-job seconds, rows). The kernel rate is the mean of the runs just before and after: this
-    machine's speed drifts by 10-20 % over tens of seconds, and the mean brackets the Spark run in time."""
+class SideBySide(NamedTuple):
+    """One Spark run and the kernel-only runs that bracket it (rates in rows/s)."""
+
+    ratio: float          # Spark / kernel-only
+    kernel_rate: float    # mean of the kernel-only runs just before and after
+    spark_rate: float
+    task_ratio: float     # Spark's task time alone / kernel-only
+    seconds: float        # the Spark run, wall
+    empty_seconds: float  # a job of as many empty tasks in the same session
+    rows: int
+
+
+def _side_by_side(spark, work: Path, cfg, tag: str, out_root: Path | None = None) -> SideBySide:
+    """One Spark run bracketed by kernel-only runs. The kernel rate is the mean of the runs just before and after:
+    this machine's speed drifts by 10-20 % over tens of seconds, and the mean brackets the Spark run in time."""
     n, before = _kernel_rate(work, cfg)
     m, seconds, empty = _spark_run(spark, work, PARTITIONS, tag, out_root)
     _, after = _kernel_rate(work, cfg)
     kernel_rate = 0.5 * (before + after)
     spark_rate = (m["rows_written"] + m["rows_rejected"]) / seconds
     task_rate = n / (m["extra"]["task_seconds"] / 2)   # rows per second of task time, 2 cores
-    return spark_rate / kernel_rate, kernel_rate, spark_rate, task_rate / kernel_rate, seconds, empty, n
+    return SideBySide(spark_rate / kernel_rate, kernel_rate, spark_rate, task_rate / kernel_rate, seconds, empty, n)
 
 
 def _empty_job_seconds(spark, partitions: int, out_uri: str) -> float:
@@ -186,33 +198,33 @@ def run() -> str:
             disk = _side_by_side(spark, work, cfg, "disk", Path(disk_tmp)) if memory else None
         finally:
             spark.stop()
-        n = ratios[0][6]
-        lo, med, hi = sorted(r[0] for r in ratios)
+        n = ratios[0].rows
+        lo, med, hi = sorted(r.ratio for r in ratios)
         lines.append(f"4c rows: {n} (demo config: sersic + hybrid sources, paired controls, artifacts; {N_BRICKS} bricks)")
         lines.append("4c kernel-only, 2 processes on 2 cores (mean of the runs just before and after each Spark run): "
-                     + ", ".join(f"{r[1]:.0f}" for r in ratios) + " rows/s")
+                     + ", ".join(f"{r.kernel_rate:.0f}" for r in ratios) + " rows/s")
         lines.append(f"4c local Spark end-to-end, local[2], {PARTITIONS} partitions: "
-                     + ", ".join(f"{r[2]:.0f}" for r in ratios) + " rows/s")
+                     + ", ".join(f"{r.spark_rate:.0f}" for r in ratios) + " rows/s")
         lines.append(f"4c Spark / kernel-only on the same cores: min {lo:.2f} median {med:.2f} max {hi:.2f} "
                      f"(target >= 0.80; files in {'memory, ' + memory if memory else tempfile.gettempdir()})")
         lines.append("  inside the tasks (task time only, without the job's planning, task start-up and commit): "
-                     + ", ".join(f"{r[3]:.2f}" for r in ratios))
+                     + ", ".join(f"{r.task_ratio:.2f}" for r in ratios))
         lines.append(f"  Spark's own cost: a job of {PARTITIONS} empty tasks in the same session takes "
-                     + ", ".join(f"{r[5]:.2f}" for r in ratios) + " s, of the 4c runs' "
-                     + ", ".join(f"{r[4]:.2f}" for r in ratios) + " s")
+                     + ", ".join(f"{r.empty_seconds:.2f}" for r in ratios) + " s, of the 4c runs' "
+                     + ", ".join(f"{r.seconds:.2f}" for r in ratios) + " s")
         if disk:
             lines.append(f"  one more run with the stamps written to {tempfile.gettempdir()} (this machine's disk unless "
-                         f"TMPDIR says otherwise): {disk[0]:.2f} (in-task {disk[3]:.2f}); S3 output, as on EMR, "
+                         f"TMPDIR says otherwise): {disk.ratio:.2f} (in-task {disk.task_ratio:.2f}); S3 output, as on EMR, "
                          "is buffered in memory, but its upload takes CPU too")
         spark = _spark_session("memory", reuse=False)   # a fresh worker per task: each task's own high-water mark
         try:
             m1, *_ = _spark_run(spark, work, 1, "p1")
-            m8, *_ = _spark_run(spark, work, 16, "p16")
+            m16, *_ = _spark_run(spark, work, 16, "p16")
         finally:
             spark.stop()
         lines.append(f"peak Python worker memory: {m1['extra']['peak_worker_rss_mb']:.0f} MB with 1 partition "
-                     f"({n} rows in one task), {m8['extra']['peak_worker_rss_mb']:.0f} MB with 16 partitions; "
-                     f"ratio {m1['extra']['peak_worker_rss_mb'] / max(m8['extra']['peak_worker_rss_mb'], 1):.2f} (bounded: ~1)")
+                     f"({n} rows in one task), {m16['extra']['peak_worker_rss_mb']:.0f} MB with 16 partitions; "
+                     f"ratio {m1['extra']['peak_worker_rss_mb'] / max(m16['extra']['peak_worker_rss_mb'], 1):.2f} (bounded: ~1)")
     return "\n".join(lines)
 
 
